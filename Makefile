@@ -1,0 +1,47 @@
+# lbproxy: `make run` and `make test` work on a fresh machine with Python 3.11+ and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PORT   ?= 5000
+REPLICAS ?= 3
+PYTEST_ARGS ?=
+
+.PHONY: help install run test test-fast lint images bench analyze soak clean
+
+help:
+	@echo "make run        start the balancer on :$(PORT) with $(REPLICAS) process replicas"
+	@echo "make test       install and run the whole suite (Docker tests run when an engine answers)"
+	@echo "make test-fast  the suite without the Docker end-to-end tests"
+	@echo "make lint       ruff and mypy"
+	@echo "make images     build the replica and balancer images (works without a registry)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lbproxy needs Python 3.11+")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/lbproxy serve --port $(PORT) --replicas $(REPLICAS) --backend process
+
+# pytest exits 5 when it collected nothing: that is a broken suite, not a pass.
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not docker" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check lbproxy server_app tests bench
+	$(BIN)/mypy
+
+images:
+	bash scripts/ensure-images.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,137 @@
+"""The operator API: /rep, /add, /rm in SPEC's exact format, plus a status view.
+
+Parsing and validation live here; every failure becomes SPEC's JSON failure body in
+``_guard``, so no bad input reaches the reconciler and nothing half-changes the pool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from lbproxy.config import MAX_CHANGE_PER_CALL
+from lbproxy.errors import BadRequest, LbproxyError, failure_body
+from lbproxy.pool import Pool
+from lbproxy.reconcile import Reconciler
+
+#: Bodies of admin calls are tiny; anything bigger is a mistake or an attack.
+MAX_ADMIN_BODY = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ADD_TOO_MANY = "<Error> Length of hostname list is more than newly added instances"
+RM_TOO_MANY = "<Error> Length of hostname list is more than removable instances"
+
+
+def rep_body(pool: Pool) -> dict[str, Any]:
+    """SPEC's /rep body: N and the replica hostnames, in join order."""
+    names = pool.names()
+    return {"message": {"N": len(names), "replicas": names}, "status": "successful"}
+
+
+def _guard(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except LbproxyError as exc:
+            return web.json_response(failure_body(exc.message), status=exc.status)
+
+    return wrapped
+
+
+async def _read_change(request: web.Request) -> tuple[int, list[str]]:
+    """Parse ``{"n": int, "hostnames": [str, ...]}`` strictly; BadRequest on anything else."""
+    if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
+        raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
+    raw = await request.content.read(MAX_ADMIN_BODY + 1)
+    if len(raw) > MAX_ADMIN_BODY:
+        raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
+    try:
+        payload = json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(
+            f'body is not valid JSON ({exc}); send {{"n": 2, "hostnames": []}}'
+        ) from exc
+    if not isinstance(payload, dict):
+        raise BadRequest('body must be a JSON object such as {"n": 2, "hostnames": ["S5"]}')
+    unknown = set(payload) - {"n", "hostnames"}
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}; expected n, hostnames")
+    if "n" not in payload:
+        raise BadRequest('missing field "n" (the number of replicas)')
+    n = payload["n"]
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise BadRequest(f'"n" must be an integer, got {json.dumps(n)}')
+    if n < 0:
+        raise BadRequest(f'"n" must not be negative, got {n}')
+    if n > MAX_CHANGE_PER_CALL:
+        raise BadRequest(f'"n" must be at most {MAX_CHANGE_PER_CALL} per call, got {n}')
+    hostnames = payload.get("hostnames", [])
+    if hostnames is None:
+        hostnames = []
+    if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
+        raise BadRequest('"hostnames" must be a list of strings')
+    return n, hostnames
+
+
+class AdminRoutes:
+    """Handlers bound to one pool and reconciler."""
+
+    def __init__(self, pool: Pool, reconciler: Reconciler) -> None:
+        self._pool = pool
+        self._reconciler = reconciler
+
+    async def rep(self, request: web.Request) -> web.Response:
+        return web.json_response(rep_body(self._pool))
+
+    async def add(self, request: web.Request) -> web.Response:
+        n, hostnames = await _read_change(request)
+        if len(hostnames) > n:
+            return web.json_response({"message": ADD_TOO_MANY, "status": "failure"}, status=400)
+        await self._reconciler.add(n, hostnames)
+        return web.json_response(rep_body(self._pool))
+
+    async def rm(self, request: web.Request) -> web.Response:
+        n, hostnames = await _read_change(request)
+        if len(hostnames) > n:
+            return web.json_response({"message": RM_TOO_MANY, "status": "failure"}, status=400)
+        await self._reconciler.remove(n, hostnames)
+        return web.json_response(rep_body(self._pool))
+
+    async def status(self, request: web.Request) -> web.Response:
+        pool = self._pool
+        return web.json_response(
+            {
+                "message": {
+                    "N": len(pool),
+                    "family": pool.family.name,
+                    "ring": sorted(pool.ring.names),
+                    "shares": pool.ring.shares(),
+                    "replicas": [r.as_dict() for r in pool.replicas()],
+                    "replacements": self._reconciler.replacements,
+                },
+                "status": "successful",
+            }
+        )
+
+    async def events(self, request: web.Request) -> web.Response:
+        try:
+            since = int(request.query.get("since", "0"))
+        except ValueError:
+            raise BadRequest('"since" must be an integer event sequence number') from None
+        return web.json_response(
+            {
+                "message": [e.as_dict() for e in self._pool.events.since(since)],
+                "status": "successful",
+            }
+        )
+
+    def register(self, app: web.Application) -> None:
+        app.router.add_get("/rep", _guard(self.rep))
+        app.router.add_post("/add", _guard(self.add))
+        app.router.add_delete("/rm", _guard(self.rm))
+        app.router.add_get("/lbproxy/status", _guard(self.status))
+        app.router.add_get("/lbproxy/events", _guard(self.events))

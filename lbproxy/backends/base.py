@@ -1,0 +1,96 @@
+"""The small interface every replica backend implements: launch, stop, list, death events.
+
+Readiness is not the backend's job: the reconciler waits for a replica's first heartbeat
+over HTTP, the same check the monitor runs, so "ready" means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from lbproxy.errors import BadRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaHandle:
+    """One running replica as the backend knows it.
+
+    ``url`` is the base URL the balancer forwards to (``http://127.0.0.1:40123``);
+    ``backend_id`` is the pid or container id, unique per incarnation, so a death event for
+    an old incarnation is never mistaken for one of its replacement.
+    """
+
+    name: str
+    url: str
+    backend_id: str
+    ring_id: int = 0  # as recorded by the backend (container label); 0 when unknown
+
+
+@dataclass(frozen=True, slots=True)
+class BackendEvent:
+    """A replica incarnation stopped running (exited, was killed, its container died)."""
+
+    name: str
+    backend_id: str
+    reason: str
+
+
+#: Called by the backend from the event loop whenever a replica incarnation dies.
+DeathCallback = Callable[[BackendEvent], None]
+
+# RFC 1123 host label characters; Docker container names allow the same plus '_' and '.'.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def validate_hostname(name: object) -> str:
+    """A replica name usable as a container name and hostname, or ``BadRequest``."""
+    if not isinstance(name, str):
+        raise BadRequest(f"hostname {name!r} must be a string")
+    if not _HOSTNAME.match(name):
+        raise BadRequest(
+            f"hostname {name!r} is not a valid host/container name: use 1-63 characters "
+            "from letters, digits, '_', '.', '-', starting with a letter or digit"
+        )
+    return name
+
+
+class ReplicaBackend(Protocol):
+    """Starts and stops replicas; reports deaths. Never called on the request path."""
+
+    #: Prefix of generated names ("Server " gives "Server 4"); must yield valid names.
+    default_prefix: str
+
+    def validate_name(self, name: object) -> str:
+        """The name if this backend can run a replica under it, else ``BadRequest``."""
+        ...
+
+    async def open(self, on_death: DeathCallback) -> None:
+        """Connect (to the engine), start watching for deaths, prepare networks."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; does not stop replicas (the reconciler does that first)."""
+        ...
+
+    async def adopt(self) -> list[ReplicaHandle]:
+        """Replicas of this pool already running from an earlier balancer, to reuse."""
+        ...
+
+    async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        """Start a replica named ``name``; returns once it runs (not necessarily ready).
+
+        ``ring_id`` is recorded where the backend can (a container label) so that a balancer
+        that adopts the replica after a restart puts it back on the same ring slots.
+        """
+        ...
+
+    async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
+        """Stop gracefully (SIGTERM), kill after ``timeout``, remove what it leaves behind."""
+        ...
+
+    async def list(self) -> list[ReplicaHandle]:
+        """Replicas of this pool that currently run, as the backend sees them."""
+        ...

@@ -1,0 +1,148 @@
+"""Replicas as local ``python -m server_app`` processes on free loopback ports.
+
+The embedded default: it needs no Docker, so ``make run`` and the fast tests work on any
+machine with Python. Each child gets the parent-death signal (Linux) and the parent's pid,
+so replicas do not outlive a balancer that is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+
+from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
+from lbproxy.config import Config
+from lbproxy.errors import BackendError, BadRequest
+
+log = logging.getLogger(__name__)
+
+# Process replicas have no hostname of their own, so SPEC's "Server 1" (with a space) is
+# allowed here; the Docker backend is stricter because its names become container names.
+_PROCESS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.-]{0,61}[A-Za-z0-9_.-])?$")
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM this child when its parent dies (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ProcessBackend:
+    """Runs each replica as a child process of the balancer."""
+
+    default_prefix = "Server "
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._procs: dict[str, tuple[ReplicaHandle, asyncio.subprocess.Process]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._on_death: DeathCallback | None = None
+
+    def validate_name(self, name: object) -> str:
+        if not isinstance(name, str):
+            raise BadRequest(f"hostname {name!r} must be a string")
+        if not _PROCESS_NAME.match(name):
+            raise BadRequest(
+                f"hostname {name!r} is not a valid replica name: use 1-63 characters from "
+                "letters, digits, spaces, '_', '.', '-', starting and ending with a letter "
+                "or digit"
+            )
+        return name
+
+    async def open(self, on_death: DeathCallback) -> None:
+        self._on_death = on_death
+
+    async def close(self) -> None:
+        for task in list(self._watchers):
+            task.cancel()
+        for task in list(self._watchers):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # A replica still running here was not stopped by the reconciler (e.g. startup
+        # failed half-way): never leave it behind.
+        for handle, proc in list(self._procs.values()):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+            self._procs.pop(handle.backend_id, None)
+
+    async def adopt(self) -> list[ReplicaHandle]:
+        # Children of an earlier balancer died with it (parent-death signal): none to adopt.
+        return []
+
+    async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        port = free_loopback_port()
+        env = dict(os.environ)
+        env.update(
+            SERVER_ID=name,
+            PORT=str(port),
+            HOST="127.0.0.1",
+            LBPROXY_PARENT_PID=str(os.getpid()),
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "server_app",
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                start_new_session=True,  # a terminal's Ctrl-C reaches the balancer only
+                preexec_fn=_set_parent_death_signal,
+            )
+        except OSError as exc:
+            raise BackendError(f"could not start a replica process for {name!r}: {exc}") from exc
+        handle = ReplicaHandle(
+            name=name, url=f"http://127.0.0.1:{port}", backend_id=str(proc.pid), ring_id=ring_id
+        )
+        self._procs[handle.backend_id] = (handle, proc)
+        task = asyncio.create_task(self._watch(handle, proc), name=f"watch-{name}")
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
+        log.info("launched replica %r pid=%s at %s", name, proc.pid, handle.url)
+        return handle
+
+    async def _watch(self, handle: ReplicaHandle, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        self._procs.pop(handle.backend_id, None)
+        if self._on_death is not None:
+            reason = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+            self._on_death(BackendEvent(handle.name, handle.backend_id, reason))
+
+    async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
+        entry = self._procs.get(handle.backend_id)
+        if entry is None:
+            return
+        proc = entry[1]
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            log.warning("replica %r did not stop in %.1fs; killing it", handle.name, timeout)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
+    async def list(self) -> list[ReplicaHandle]:
+        return [h for h, p in self._procs.values() if p.returncode is None]

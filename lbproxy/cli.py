@@ -1,0 +1,281 @@
+"""The ``lbproxy`` command: a thin shell that maps flags onto ``Config`` and runs it.
+
+Every flag of ``serve`` can also come from an ``LBPROXY_<FLAG>`` environment variable
+(``--heartbeat-interval`` is ``LBPROXY_HEARTBEAT_INTERVAL``); a flag beats the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from lbproxy.config import Config, DockerConfig, HealthConfig, ProxyConfig
+from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
+
+ENV_PREFIX = "LBPROXY_"
+
+
+def _env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+class _EnvParser(argparse.ArgumentParser):
+    """Adds options whose default comes from ``LBPROXY_*`` and shows it in --help."""
+
+    def env_option(self, flag: str, *, help: str, **kwargs: Any) -> None:
+        env = _env_name(flag)
+        kind = kwargs.get("type", str)
+        default = kwargs.pop("default", None)
+        raw = os.environ.get(env)
+        if raw is not None and raw != "":
+            try:
+                default = kind(raw)
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                self.error(f"{env}={raw!r}: {exc}")
+            choices = kwargs.get("choices")
+            if choices is not None and default not in choices:
+                self.error(f"{env}={raw!r}: choose from {', '.join(map(str, choices))}")
+        self.add_argument(
+            flag, default=default, help=f"{help} [env {env}; default %(default)s]", **kwargs
+        )
+
+
+def _add_serve(sub: Any) -> None:
+    p: _EnvParser = sub.add_parser(
+        "serve",
+        help="run the balancer and its replicas",
+        description="Run the load balancer on HOST:PORT with a pool of replicas.",
+    )
+    d, h, x, k = Config(), HealthConfig(), ProxyConfig(), DockerConfig()
+    p.env_option("--host", default=d.host, help="address to listen on (0.0.0.0 in containers)")
+    p.env_option("--port", type=int, default=d.port, help="port to listen on")
+    p.env_option(
+        "--replicas", type=_non_negative_int, default=d.replicas, help="initial pool size N"
+    )
+    p.env_option(
+        "--backend",
+        choices=("process", "docker"),
+        default=d.backend,
+        help="where replicas run: local processes or Docker containers",
+    )
+    p.env_option("--hash", choices=FAMILY_NAMES, default=DEFAULT_FAMILY, help="ring hash family")
+    p.env_option(
+        "--slots", type=_positive(int), help="ring slots / table size (family default if unset)"
+    )
+    p.env_option(
+        "--vnodes", type=_positive(int), help="virtual nodes per replica (family default if unset)"
+    )
+    p.env_option(
+        "--heartbeat-interval",
+        type=_positive(float),
+        default=h.interval,
+        help="seconds between heartbeat rounds",
+    )
+    p.env_option(
+        "--heartbeat-timeout",
+        type=_positive(float),
+        default=h.timeout,
+        help="seconds a heartbeat may take",
+    )
+    p.env_option(
+        "--fall",
+        type=_positive(int),
+        default=h.fall,
+        help="missed heartbeats in a row that mark a replica down",
+    )
+    p.env_option(
+        "--rise",
+        type=_positive(int),
+        default=h.rise,
+        help="passed heartbeats in a row that mark a new replica up",
+    )
+    p.env_option(
+        "--connect-timeout",
+        type=_positive(float),
+        default=x.connect_timeout,
+        help="seconds to connect to a replica",
+    )
+    p.env_option(
+        "--read-timeout",
+        type=_positive(float),
+        default=x.read_timeout,
+        help="seconds a replica may stay silent mid-response",
+    )
+    p.env_option(
+        "--retries",
+        type=_non_negative_int,
+        default=x.retries,
+        help="other replicas to try when a connection fails",
+    )
+    p.env_option(
+        "--max-body",
+        type=_positive(int),
+        default=x.max_body_bytes,
+        help="largest request body in bytes (413 beyond)",
+    )
+    p.env_option(
+        "--start-timeout",
+        type=_positive(float),
+        default=d.start_timeout,
+        help="seconds a new replica has to pass its heartbeats",
+    )
+    p.env_option(
+        "--stop-timeout",
+        type=_positive(float),
+        default=d.stop_timeout,
+        help="seconds to drain and stop a replica before killing it",
+    )
+    p.env_option("--docker-image", default=k.image, help="replica image (docker backend)")
+    p.env_option(
+        "--docker-network",
+        default=k.network,
+        help="network the replica containers join (docker backend)",
+    )
+    p.env_option(
+        "--pool", default=k.pool, help="pool name labelled on the containers (docker backend)"
+    )
+    p.env_option(
+        "--docker-memory",
+        type=_positive(int),
+        default=k.memory_mb,
+        help="memory limit per replica container in MiB",
+    )
+    p.env_option(
+        "--docker-cpus",
+        type=_positive(float),
+        default=k.cpus,
+        help="CPU limit per replica container",
+    )
+    p.env_option(
+        "--docker-url", help="Docker engine URL (default: DOCKER_HOST or the local socket)"
+    )
+    p.env_option("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
+    p.env_option(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="log level",
+    )
+    p.set_defaults(func=_run_serve)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The one place flags become settings."""
+    return Config(
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        backend=args.backend,
+        hash=args.hash,
+        slots=args.slots,
+        vnodes=args.vnodes,
+        start_timeout=args.start_timeout,
+        stop_timeout=args.stop_timeout,
+        health=HealthConfig(
+            interval=args.heartbeat_interval,
+            timeout=args.heartbeat_timeout,
+            fall=args.fall,
+            rise=args.rise,
+        ),
+        proxy=ProxyConfig(
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.read_timeout,
+            retries=args.retries,
+            max_body_bytes=args.max_body,
+        ),
+        docker=DockerConfig(
+            image=args.docker_image,
+            network=args.docker_network,
+            pool=args.pool,
+            memory_mb=args.docker_memory,
+            cpus=args.docker_cpus,
+            docker_url=args.docker_url,
+        ),
+    )
+
+
+def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """uvloop when asked or available, the standard loop otherwise."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError as exc:
+            if choice == "uvloop":
+                raise SystemExit("lbproxy: uvloop is not installed") from exc
+    return asyncio.new_event_loop()
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from lbproxy.app import create_app
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = config_from_args(args)
+    loop = new_event_loop(args.loop)
+    asyncio.set_event_loop(loop)
+    web.run_app(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        loop=loop,
+        access_log=None,
+        shutdown_timeout=config.stop_timeout,
+        print=lambda msg: logging.getLogger("lbproxy").info(
+            "listening on http://%s:%d (backend %s, %d replicas)",
+            config.host,
+            config.port,
+            config.backend,
+            config.replicas,
+        ),
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _EnvParser(prog="lbproxy", description="A consistent-hash load balancer.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvParser)
+    _add_serve(sub)
+    for module in ("lbproxy.loadtest", "lbproxy.analysis"):
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ImportError as exc:
+            if exc.name not in (module,):
+                raise
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sys.exit(args.func(args))

@@ -1,0 +1,114 @@
+"""Heartbeat checks: one background task polls every live replica concurrently.
+
+A replica that misses ``fall`` heartbeats in a row leaves the ring at once and the
+reconciler replaces it; this is the second line of detection behind the backend's own
+death events (a hung replica still runs, so only the heartbeat catches it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+from lbproxy.config import HealthConfig
+from lbproxy.pool import Pool, Replica, ReplicaState
+
+log = logging.getLogger(__name__)
+
+
+async def probe(session: aiohttp.ClientSession, url: str, timeout: float) -> bool:
+    """True when ``url``/heartbeat answers 200 within ``timeout`` seconds."""
+    try:
+        async with session.get(
+            f"{url}/heartbeat", timeout=aiohttp.ClientTimeout(total=timeout)
+        ) as resp:
+            await resp.read()
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+class HealthMonitor:
+    """Polls UP replicas every ``interval``; reports the ones that fall."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        session: aiohttp.ClientSession,
+        config: HealthConfig,
+        on_down: Callable[[Replica, str], None],
+    ) -> None:
+        self._pool = pool
+        self._session = session
+        self._config = config
+        self._on_down = on_down
+        self.rounds = 0
+        self.failures = 0
+
+    async def check_once(self) -> None:
+        replicas = [r for r in self._pool.replicas() if r.state is ReplicaState.UP]
+        if not replicas:
+            return
+        results = await asyncio.gather(
+            *(probe(self._session, r.url, self._config.timeout) for r in replicas)
+        )
+        for replica, ok in zip(replicas, results, strict=True):
+            if replica.state is not ReplicaState.UP:
+                continue  # changed while we waited (removed, died)
+            if ok:
+                replica.fails = 0
+                continue
+            replica.fails += 1
+            self.failures += 1
+            if replica.fails >= self._config.fall:
+                reason = f"missed {replica.fails} heartbeats"
+                log.warning("replica %r %s; replacing it", replica.name, reason)
+                self._pool.events.emit("heartbeat_down", replica.name, reason)
+                self._on_down(replica, reason)
+        self.rounds += 1
+
+    async def run(self) -> None:
+        """Check forever at a fixed rate (a slow round does not push the next one back)."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            try:
+                await self.check_once()
+            except Exception:  # the monitor must outlive any bug in one round
+                log.exception("heartbeat round failed")
+            next_at += self._config.interval
+            delay = next_at - loop.time()
+            if delay < 0:
+                next_at = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    rise: int,
+    timeout: float,
+    check_timeout: float,
+    dead: Callable[[], bool],
+    poll: float = 0.05,
+) -> bool:
+    """Poll a new replica fast until ``rise`` heartbeats pass in a row; False on timeout/death."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    passes = 0
+    while loop.time() < deadline:
+        if dead():
+            return False
+        if await probe(session, url, min(check_timeout, max(0.05, deadline - loop.time()))):
+            passes += 1
+            if passes >= rise:
+                return True
+        else:
+            passes = 0
+        await asyncio.sleep(poll)
+    return False

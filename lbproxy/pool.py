@@ -1,0 +1,201 @@
+"""The replicas the balancer owns and the ring over the healthy ones; no awaits in here.
+
+The reconciler and the health monitor write the pool, the proxy only reads it: ``pick``
+is a plain function call on an immutable ring, so the request path never waits on a lock,
+on Docker or on a process spawn.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from lbproxy.backends.base import ReplicaHandle
+from lbproxy.errors import EmptyRingError
+from lbproxy.events import EventLog
+from lbproxy.ring import Ring, RingFamily
+
+
+class ReplicaState(enum.StrEnum):
+    STARTING = "starting"  # launched, waiting for its first heartbeats; not on the ring
+    UP = "up"  # on the ring, taking traffic
+    DOWN = "down"  # failed; off the ring, waiting for its replacement
+    DRAINING = "draining"  # being removed: off the ring, in-flight requests finishing
+
+
+@dataclass(eq=False, slots=True)
+class Replica:
+    """One member of the pool, across incarnations: a replacement reuses the object.
+
+    ``ring_id`` is the small integer the seed family places by; it is assigned when the name
+    joins and kept for as long as the name stays in the pool, so a replacement that keeps the
+    hostname lands on the same slots.
+    """
+
+    name: str
+    ring_id: int
+    handle: ReplicaHandle | None = None
+    state: ReplicaState = ReplicaState.STARTING
+    since: float = field(default_factory=time.time)
+    fails: int = 0
+    in_flight: int = 0
+    served: int = 0
+    served_total: int = 0
+    incarnations: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.handle.url if self.handle else ""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "ring_id": self.ring_id,
+            "state": self.state.value,
+            "since": self.since,
+            "url": self.url,
+            "backend_id": self.handle.backend_id if self.handle else None,
+            "in_flight": self.in_flight,
+            "served": self.served_total,
+            "incarnations": self.incarnations,
+        }
+
+
+class Pool:
+    """Members (the target set, in join order) and the ring over those that are UP."""
+
+    def __init__(self, family: RingFamily, events: EventLog | None = None) -> None:
+        self.family = family
+        self.events = events if events is not None else EventLog()
+        self._members: dict[str, Replica] = {}
+        self._ring: Ring = family.build({})
+        self.ring_builds = 0
+
+    # -- reads (the request path) ------------------------------------------------------
+
+    @property
+    def ring(self) -> Ring:
+        return self._ring
+
+    def pick(self, key: str) -> Iterator[Replica]:
+        """Replicas to try for ``key``, owner first. Raises ``EmptyRingError`` when none is up."""
+        members = self._members
+        for name in self._ring.candidates(key):
+            replica = members.get(name)
+            if replica is not None and replica.state is ReplicaState.UP:
+                yield replica
+
+    def owner(self, key: str) -> Replica:
+        """The replica that owns ``key`` now (raises ``EmptyRingError``)."""
+        return self._members[self._ring.lookup(key)]
+
+    # -- membership ----------------------------------------------------------------------
+
+    def names(self) -> list[str]:
+        return list(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._members
+
+    def get(self, name: str) -> Replica | None:
+        return self._members.get(name)
+
+    def replicas(self) -> list[Replica]:
+        return list(self._members.values())
+
+    def _free_ring_ids(self, count: int) -> list[int]:
+        used = {r.ring_id for r in self._members.values()}
+        ids: list[int] = []
+        candidate = 1
+        while len(ids) < count:
+            if candidate not in used:
+                ids.append(candidate)
+            candidate += 1
+        return ids
+
+    def check_placeable(self, new_names: list[str]) -> None:
+        """Raise ``RingFullError`` if the ring could not hold every member plus these names.
+
+        Checked before anything is launched, so a full seed ring rejects /add cleanly.
+        """
+        members = {r.name: r.ring_id for r in self._members.values()}
+        members.update(zip(new_names, self._free_ring_ids(len(new_names)), strict=True))
+        self.family.build(members)
+
+    def add(self, name: str, ring_id: int = 0) -> Replica:
+        """Join ``name`` as STARTING (not on the ring until ``mark_up``).
+
+        ``ring_id`` is honoured when free (an adopted replica keeps the id it had);
+        otherwise the smallest free positive integer is assigned.
+        """
+        if name in self._members:
+            raise ValueError(f"{name!r} is already in the pool")
+        used = {r.ring_id for r in self._members.values()}
+        if ring_id <= 0 or ring_id in used:
+            ring_id = self._free_ring_ids(1)[0]
+        replica = Replica(name=name, ring_id=ring_id)
+        self._members[name] = replica
+        return replica
+
+    def remove(self, name: str) -> Replica:
+        """Take ``name`` out of the pool (and off the ring); its ring id becomes free."""
+        replica = self._members.pop(name)
+        if replica.state is ReplicaState.UP:
+            replica.state = ReplicaState.DRAINING
+            self._rebuild()
+            self.events.emit("removed_from_ring", name, "removed from the pool")
+        else:
+            replica.state = ReplicaState.DRAINING
+        return replica
+
+    # -- health transitions ----------------------------------------------------------------
+
+    def set_handle(self, replica: Replica, handle: ReplicaHandle) -> None:
+        replica.handle = handle
+        replica.state = ReplicaState.STARTING
+        replica.since = time.time()
+        replica.fails = 0
+        replica.served = 0
+        replica.incarnations += 1
+
+    def mark_up(self, *replicas: Replica) -> None:
+        """Put replicas on the ring in one rebuild (an /add of n joins all at once)."""
+        changed = False
+        for replica in replicas:
+            if self._members.get(replica.name) is replica and replica.state is not ReplicaState.UP:
+                replica.state = ReplicaState.UP
+                replica.since = time.time()
+                replica.fails = 0
+                changed = True
+        if changed:
+            self._rebuild()
+            for replica in replicas:
+                self.events.emit("up", replica.name, replica.url)
+
+    def mark_down(self, replica: Replica, reason: str) -> bool:
+        """Take a failed member off the ring at once; False if it was not a live member."""
+        if self._members.get(replica.name) is not replica or replica.state is ReplicaState.DOWN:
+            return False
+        was_up = replica.state is ReplicaState.UP
+        replica.state = ReplicaState.DOWN
+        replica.since = time.time()
+        if was_up:
+            self._rebuild()
+            self.events.emit("removed_from_ring", replica.name, reason)
+        return True
+
+    def _rebuild(self) -> None:
+        up = {r.name: r.ring_id for r in self._members.values() if r.state is ReplicaState.UP}
+        self._ring = self.family.build(up)
+        self.ring_builds += 1
+
+    def has_up(self) -> bool:
+        return bool(self._ring.names)
+
+
+__all__ = ["EmptyRingError", "Pool", "Replica", "ReplicaState"]

@@ -1,0 +1,162 @@
+"""Shared fixtures: a real-HTTP in-process replica backend and a running balancer.
+
+``InProcessBackend`` runs the real ``server_app`` application on real loopback sockets
+inside the test's event loop, so the fast tests exercise the balancer's whole HTTP path
+without paying a process spawn per replica; failure drills (crash, hang) are methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from lbproxy.app import BALANCER, Balancer, create_app
+from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
+from lbproxy.backends.process import ProcessBackend, free_loopback_port
+from lbproxy.config import Config, HealthConfig
+from lbproxy.errors import BackendError
+from server_app import create_app as create_replica_app
+
+
+@dataclass
+class _Running:
+    handle: ReplicaHandle
+    runner: web.AppRunner
+    hung: asyncio.Event
+
+
+class InProcessBackend:
+    """Replicas as aiohttp apps in this process, on their own loopback ports."""
+
+    default_prefix = "Server "
+
+    def __init__(self) -> None:
+        self.running: dict[str, _Running] = {}
+        self.launched: list[str] = []
+        self.fail_names: set[str] = set()
+        self._ids = itertools.count(1)
+        self._on_death: DeathCallback | None = None
+        self._validator = ProcessBackend(Config())
+
+    def validate_name(self, name: object) -> str:
+        return self._validator.validate_name(name)
+
+    async def open(self, on_death: DeathCallback) -> None:
+        self._on_death = on_death
+
+    async def close(self) -> None:
+        for entry in list(self.running.values()):
+            await entry.runner.cleanup()
+        self.running.clear()
+
+    async def adopt(self) -> list[ReplicaHandle]:
+        return []
+
+    async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        self.launched.append(name)
+        if name in self.fail_names:
+            raise BackendError(f"refusing to start {name!r} (test)")
+        hung = asyncio.Event()
+        app = create_replica_app(name)
+
+        @web.middleware
+        async def maybe_hang(
+            request: web.Request, handler: aiohttp.typedefs.Handler
+        ) -> web.StreamResponse:
+            if hung.is_set():
+                await asyncio.sleep(3600)
+            return await handler(request)
+
+        app.middlewares.append(maybe_hang)
+        # A short shutdown timeout: a hung replica is cut off, as SIGKILL would.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
+        await runner.setup()
+        port = free_loopback_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        handle = ReplicaHandle(name, f"http://127.0.0.1:{port}", f"t{next(self._ids)}", ring_id)
+        self.running[handle.backend_id] = _Running(handle, runner, hung)
+        return handle
+
+    async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
+        entry = self.running.pop(handle.backend_id, None)
+        if entry is not None:
+            await entry.runner.cleanup()
+
+    async def list(self) -> list[ReplicaHandle]:
+        return [e.handle for e in self.running.values()]
+
+    def live(self, name: str) -> _Running:
+        return next(e for e in self.running.values() if e.handle.name == name)
+
+    async def crash(self, name: str) -> None:
+        """The replica dies and the backend notices (like a process exit)."""
+        entry = self.live(name)
+        self.running.pop(entry.handle.backend_id)
+        await entry.runner.cleanup()
+        assert self._on_death is not None
+        self._on_death(BackendEvent(name, entry.handle.backend_id, "crashed (test)"))
+
+    def hang(self, name: str) -> None:
+        """The replica still runs but stops answering: only heartbeats can tell."""
+        self.live(name).hung.set()
+
+
+def fast_config(**changes: object) -> Config:
+    """Short intervals so failure detection takes milliseconds in tests."""
+    base = Config(
+        port=0,
+        replicas=3,
+        start_timeout=5.0,
+        stop_timeout=1.0,
+        health=HealthConfig(interval=0.05, timeout=0.2, fall=2, rise=1),
+    )
+    return base.replace(**changes)
+
+
+@dataclass
+class BalancerUnderTest:
+    client: aiohttp.ClientSession
+    url: str
+    balancer: Balancer
+    backend: InProcessBackend
+
+    async def get_json(self, path: str, **kw: object) -> tuple[int, object]:
+        async with self.client.get(self.url + path, **kw) as resp:  # type: ignore[arg-type]
+            return resp.status, await resp.json(content_type=None)
+
+
+async def start_balancer(config: Config, backend: InProcessBackend) -> tuple[web.AppRunner, str]:
+    app = await create_app(config, backend)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_loopback_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def lb(request: pytest.FixtureRequest) -> AsyncIterator[BalancerUnderTest]:
+    marker = request.node.get_closest_marker("lbconfig")
+    config = fast_config(**(marker.kwargs if marker else {}))
+    backend = InProcessBackend()
+    runner, url = await start_balancer(config, backend)
+    async with aiohttp.ClientSession() as client:
+        yield BalancerUnderTest(client, url, runner.app[BALANCER], backend)
+    await runner.cleanup()
+    assert backend.running == {}, "the balancer left replicas running"
+
+
+async def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.01) -> None:
+    """Poll ``predicate`` until true; the bound is a hang guard, not a performance claim."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():  # type: ignore[operator]
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)

@@ -1,0 +1,101 @@
+"""End to end on the process backend: a real `lbproxy serve`, real replica processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import aiohttp
+import pytest
+
+from lbproxy.launcher import pid_alive, run_balancer
+from tests.process_balancer import steady_load
+
+pytestmark = pytest.mark.slow
+
+
+async def test_spec_endpoints_on_real_processes() -> None:
+    with run_balancer() as lb:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(lb.url + "/rep") as r:
+                assert await r.json() == {
+                    "message": {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]},
+                    "status": "successful",
+                }
+            async with s.get(lb.url + "/home") as r:
+                body = await r.json()
+                assert r.status == 200 and body["status"] == "successful"
+                assert body["message"].startswith("Hello from Server: Server ")
+            async with s.post(lb.url + "/add", json={"n": 2, "hostnames": ["S5"]}) as r:
+                assert (await r.json())["message"] == {
+                    "N": 5,
+                    "replicas": ["Server 1", "Server 2", "Server 3", "S5", "Server 4"],
+                }
+            async with s.delete(lb.url + "/rm", json={"n": 1, "hostnames": ["S5"]}) as r:
+                assert (await r.json())["message"]["replicas"] == [
+                    "Server 1",
+                    "Server 2",
+                    "Server 3",
+                    "Server 4",
+                ]
+            async with s.get(lb.url + "/nope") as r:
+                assert r.status == 400
+                assert await r.json() == {
+                    "message": "<Error> '/nope' endpoint does not exist in server replicas",
+                    "status": "failure",
+                }
+            pids = await lb.replica_pids(s)
+        assert len(pids) == 4
+    # SIGTERM on the balancer stopped every replica it started.
+    assert lb.proc.returncode == 0
+    deadline = time.monotonic() + 5
+    while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not any(pid_alive(p) for p in pids.values())
+
+
+async def test_kill_9_replica_under_load_loses_no_request() -> None:
+    with run_balancer() as lb:
+        async with aiohttp.ClientSession() as s:
+            pids = await lb.replica_pids(s)
+            load = asyncio.create_task(steady_load(s, lb.url, requests=3000, concurrency=16))
+            await asyncio.sleep(0.3)
+            killed_at = time.time()
+            os.kill(pids["Server 2"], signal.SIGKILL)
+            outcomes = await load
+            # the pool is back at N with a new process under the same name
+            deadline = time.monotonic() + 10
+            while True:
+                now = await lb.replica_pids(s)
+                if len(now) == 3 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            async with s.get(lb.url + "/lbproxy/events") as r:
+                events = (await r.json())["message"]
+        assert outcomes == {"200": 3000}, outcomes
+        assert set(now) == {"Server 1", "Server 2", "Server 3"}
+        assert now["Server 2"] != pids["Server 2"]
+        served = [
+            e
+            for e in events
+            if e["replica"] == "Server 2" and e["kind"] == "up" and e["time"] >= killed_at
+        ]
+        assert served, "no replacement came up"
+
+
+def test_replicas_do_not_outlive_a_sigkilled_balancer() -> None:
+    async def pids_of(url: str) -> dict[str, int]:
+        async with aiohttp.ClientSession() as s, s.get(url + "/lbproxy/status") as r:
+            reps = (await r.json())["message"]["replicas"]
+            return {x["name"]: int(x["backend_id"]) for x in reps}
+
+    with run_balancer() as lb:
+        pids = asyncio.run(pids_of(lb.url))
+        lb.proc.kill()
+        lb.proc.wait()
+        deadline = time.monotonic() + 5
+        while any(pid_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(pid_alive(p) for p in pids.values()), "replicas outlived the balancer"
