@@ -1,21 +1,58 @@
 """Pluggable consistent-hash rings: pure functions of (members, key), no I/O, no asyncio.
 
 ``make_family(name, slots=..., vnodes=...)`` is the only constructor the rest of lbproxy
-uses; each family lives in its own sibling module behind the ``RingFamily`` protocol.
+uses; each family lives in its own sibling module behind the ``RingFamily`` protocol:
+
+==================  ==========================================================================
+``maglev``          the default: Maglev lookup table (prime ``slots``, default 65537) filled
+                    in rank order, exactly minimal disruption, O(1) lookup
+``maglev-classic``  the Maglev paper's fill: tighter table balance, a little extra churn
+``hashring``        ketama-style ring of ``vnodes`` xxh3 points per replica (default 160)
+``rendezvous``      highest random weight: ideal spread and churn, O(N) per lookup
+``seed``            the assignment's reference ring, bit-exact (``slots`` 512, ``vnodes`` 9)
+``seed-alt``        the reference ``H`` with a well-spread virtual-node hash ``Phi'``
+==================  ==========================================================================
+
+See docs/ring.md for the measurements behind the default.
 """
 
 from __future__ import annotations
 
 from lbproxy.ring.base import Ring, RingFamily
+from lbproxy.ring.hashring import HashRingFamily
+from lbproxy.ring.maglev import MaglevFamily
+from lbproxy.ring.rendezvous import RendezvousFamily
+from lbproxy.ring.seed import SeedFamily, seed_alt_family
 
 __all__ = ["DEFAULT_FAMILY", "FAMILY_NAMES", "Ring", "RingFamily", "make_family"]
 
-# Filled in by the family modules (see registry below); the helper owning lbproxy/ring/
-# replaces this stub with the real registry.
 DEFAULT_FAMILY = "maglev"
-FAMILY_NAMES: tuple[str, ...] = ()
+FAMILY_NAMES: tuple[str, ...] = (
+    "maglev",
+    "maglev-classic",
+    "hashring",
+    "rendezvous",
+    "seed",
+    "seed-alt",
+)
 
 
 def make_family(name: str, *, slots: int | None = None, vnodes: int | None = None) -> RingFamily:
-    """A ring family by name; ``slots``/``vnodes`` override its defaults where it has them."""
-    raise NotImplementedError(name)
+    """A ring family by name; ``slots``/``vnodes`` override its defaults where it has them.
+
+    Families without a table or circle size ignore ``slots``; families without virtual
+    nodes ignore ``vnodes``. Raises ``ValueError`` for an unknown name or a bad size.
+    """
+    if name == "maglev":
+        return MaglevFamily("maglev", slots=slots)
+    if name == "maglev-classic":
+        return MaglevFamily("maglev-classic", slots=slots, classic=True)
+    if name == "hashring":
+        return HashRingFamily("hashring", vnodes=vnodes)
+    if name == "rendezvous":
+        return RendezvousFamily("rendezvous")
+    if name == "seed":
+        return SeedFamily("seed", slots=slots, vnodes=vnodes)
+    if name == "seed-alt":
+        return seed_alt_family(slots=slots, vnodes=vnodes)
+    raise ValueError(f"unknown hash family {name!r}; known families: {', '.join(FAMILY_NAMES)}")
