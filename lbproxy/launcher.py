@@ -107,3 +107,107 @@ def pid_alive(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:
         return f.read().split()[2] != "Z"
     return True
+
+
+def compose_command() -> list[str]:
+    """``docker compose`` (v2) when present, else the v1 ``docker-compose`` binary."""
+    import shutil
+
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    if probe.returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    raise RuntimeError("neither `docker compose` nor `docker-compose` is installed")
+
+
+@dataclass
+class ComposeStack:
+    """A running ``compose.yaml`` stack under its own project, pool, network and port."""
+
+    url: str
+    project: str
+    pool: str
+    network: str
+    compose: list[str]
+    env: dict[str, str]
+    root: str
+
+    def run(self, *args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            [*self.compose, "-p", self.project, "-f", "compose.yaml", *args],
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+            env=self.env,
+            timeout=600,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"compose {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc.stdout
+
+    def replicas(self, *, all_states: bool = False) -> dict[str, str]:
+        """name -> container id of this pool's replicas, as the engine lists them."""
+        args = ["docker", "ps", "--no-trunc", "--filter", f"label=lbproxy.pool={self.pool}"]
+        if all_states:
+            args.append("-a")
+        out = subprocess.run(
+            [*args, "--format", "{{.Names}} {{.ID}}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+    def lb_container(self) -> str:
+        return self.run("ps", "-q", "lb").strip()
+
+    def remove_leftovers(self) -> None:
+        """Force-remove this pool's containers and network (a crashed run's remains)."""
+        ids = list(self.replicas(all_states=True).values())
+        if ids:
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+        subprocess.run(["docker", "network", "rm", self.network], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def compose_stack(
+    root: str,
+    *,
+    project: str = "lbproxy-e2e",
+    replicas: int = 3,
+    extra_env: dict[str, str] | None = None,
+    up_timeout: float = 90.0,
+) -> Iterator[ComposeStack]:
+    """``compose up -d lb`` (images must exist: scripts/ensure-images.sh), then ``down``.
+
+    The stack publishes the balancer on a free 127.0.0.1 port; its pool, network and
+    project are named after ``project`` so it never touches a user's own stack.
+    """
+    port = free_loopback_port()
+    env = dict(os.environ)
+    env.update(
+        LBPROXY_HOST_PORT=str(port),
+        LBPROXY_POOL=project,
+        LBPROXY_NETWORK=f"{project}-net",
+        LBPROXY_REPLICAS=str(replicas),
+        LBPROXY_PIP_OPTS="--no-index",
+    )
+    env.update(extra_env or {})
+    stack = ComposeStack(
+        url=f"http://127.0.0.1:{port}",
+        project=project,
+        pool=project,
+        network=f"{project}-net",
+        compose=compose_command(),
+        env=env,
+        root=root,
+    )
+    stack.remove_leftovers()
+    try:
+        stack.run("up", "-d", "--no-build", "lb")
+        wait_http(stack.url + "/rep", timeout=up_timeout)
+        yield stack
+    finally:
+        stack.run("down", "--remove-orphans", "--timeout", "30", check=False)
