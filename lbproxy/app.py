@@ -1,8 +1,10 @@
-"""Builds the balancer application: typed state, routes and the lifecycle of its parts.
+"""Builds the control application: typed state, admin routes and the lifecycle of every part.
 
-Startup order is session, backend, pool (adopt + launch), health monitor, reconcile loop;
-aiohttp's cleanup_ctx unwinds in reverse, so the reconciler stops replacing before the
-replicas are stopped, and the replicas stop before the backend and sessions close.
+The control app is an ordinary aiohttp application on a private unix socket; the public
+listener (proxy.py) relays the reserved paths to it. Startup order is sessions, backend,
+pool (adopt + launch), health monitor, reconcile loop; aiohttp's cleanup_ctx unwinds in
+reverse, so the reconciler stops replacing before the replicas are stopped, and the
+replicas stop before the backend and sessions close.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,10 +22,11 @@ from aiohttp import web
 from lbproxy.admin import AdminRoutes
 from lbproxy.backends import ReplicaBackend, create_backend
 from lbproxy.config import Config
+from lbproxy.errors import failure_body
 from lbproxy.events import EventLog
 from lbproxy.health import HealthMonitor
 from lbproxy.pool import Pool
-from lbproxy.proxy import Proxy
+from lbproxy.proxy import ProxyStats
 from lbproxy.reconcile import Reconciler
 from lbproxy.ring import make_family
 
@@ -36,33 +40,18 @@ class Balancer:
     config: Config
     pool: Pool
     backend: ReplicaBackend
-    upstream: aiohttp.ClientSession
     health_session: aiohttp.ClientSession
-    proxy: Proxy
     reconciler: Reconciler
     monitor: HealthMonitor
+    stats: ProxyStats
 
 
 BALANCER = web.AppKey("balancer", Balancer)
 
 
-def _upstream_session(config: Config) -> aiohttp.ClientSession:
-    """The shared keep-alive client: no cookies (one client's must not leak to another's
-    requests), no decompression (bytes pass through untouched), no connection cap."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=None)
-    return aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
-
-
 async def _close_sessions(app: web.Application) -> AsyncIterator[None]:
     yield
-    balancer = app[BALANCER]
-    await balancer.upstream.close()
-    await balancer.health_session.close()
+    await app[BALANCER].health_session.close()
 
 
 async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -86,9 +75,7 @@ async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
         await balancer.reconciler.close()
 
 
-async def _task_ctx(app: web.Application, name: str) -> AsyncIterator[None]:
-    balancer = app[BALANCER]
-    runner = balancer.monitor.run() if name == "health" else balancer.reconciler.run()
+async def _run_task(name: str, runner: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
     task = asyncio.create_task(runner, name=name)
     yield
     task.cancel()
@@ -97,33 +84,37 @@ async def _task_ctx(app: web.Application, name: str) -> AsyncIterator[None]:
 
 
 async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
-    async for _ in _task_ctx(app, "health"):
+    async for _ in _run_task("health", app[BALANCER].monitor.run()):
         yield
 
 
 async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
-    async for _ in _task_ctx(app, "reconcile"):
+    async for _ in _run_task("reconcile", app[BALANCER].reconciler.run()):
         yield
 
 
+async def _unknown_endpoint(request: web.Request) -> web.Response:
+    return web.json_response(
+        failure_body(f"'{request.path}' is not an endpoint of the balancer"), status=404
+    )
+
+
 async def create_app(config: Config, backend: ReplicaBackend | None = None) -> web.Application:
-    """The balancer application for ``config`` (a coroutine: sessions need a running loop)."""
+    """The control application for ``config`` (a coroutine: sessions need a running loop)."""
     family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes)
-    pool = Pool(family, EventLog())
+    pool = Pool(family, EventLog(), eject_after=config.proxy.eject_after)
     backend = backend if backend is not None else create_backend(config)
-    upstream = _upstream_session(config)
     health_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
     reconciler = Reconciler(config, pool, backend, health_session)
     monitor = HealthMonitor(pool, health_session, config.health, reconciler.on_heartbeat_down)
-    proxy = Proxy(pool, upstream, config.proxy)
-    balancer = Balancer(config, pool, backend, upstream, health_session, proxy, reconciler, monitor)
+    balancer = Balancer(config, pool, backend, health_session, reconciler, monitor, ProxyStats())
 
-    app = web.Application(client_max_size=config.proxy.max_body_bytes)
+    app = web.Application(client_max_size=64 * 1024)
     app[BALANCER] = balancer
     AdminRoutes(pool, reconciler).register(app)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    app.router.add_route("*", "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.extend([_close_sessions, _backend_ctx, _pool_ctx, _health_ctx, _reconcile_ctx])
     return app

@@ -137,6 +137,24 @@ def _add_serve(sub: Any) -> None:
         help="largest request body in bytes (413 beyond)",
     )
     p.env_option(
+        "--header-timeout",
+        type=_positive(float),
+        default=x.header_timeout,
+        help="seconds a client has to send a request head (408 beyond; slowloris guard)",
+    )
+    p.env_option(
+        "--idle-timeout",
+        type=_positive(float),
+        default=x.idle_timeout,
+        help="seconds an idle keep-alive client connection is kept",
+    )
+    p.env_option(
+        "--eject-after",
+        type=_non_negative_int,
+        default=x.eject_after,
+        help="failed requests in a row that eject a replica until its heartbeat passes (0: off)",
+    )
+    p.env_option(
         "--start-timeout",
         type=_positive(float),
         default=d.start_timeout,
@@ -205,6 +223,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
             read_timeout=args.read_timeout,
             retries=args.retries,
             max_body_bytes=args.max_body,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+            eject_after=args.eject_after,
         ),
         docker=DockerConfig(
             image=args.docker_image,
@@ -231,9 +252,8 @@ def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from lbproxy.app import create_app
+    from lbproxy.errors import LbproxyError
+    from lbproxy.server import BalancerServer
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -242,21 +262,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     loop = new_event_loop(args.loop)
     asyncio.set_event_loop(loop)
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        loop=loop,
-        access_log=None,
-        shutdown_timeout=config.stop_timeout,
-        print=lambda msg: logging.getLogger("lbproxy").info(
-            "listening on http://%s:%d (backend %s, %d replicas)",
-            config.host,
-            config.port,
-            config.backend,
-            config.replicas,
-        ),
-    )
+    try:
+        loop.run_until_complete(BalancerServer(config).serve())
+    except LbproxyError as exc:
+        logging.getLogger("lbproxy").error("cannot start: %s", exc.message)
+        return 1
+    except OSError as exc:
+        logging.getLogger("lbproxy").error("cannot start: %s", exc)
+        return 1
+    finally:
+        loop.close()
     return 0
 
 

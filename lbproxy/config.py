@@ -37,6 +37,13 @@ class ProxyConfig:
     read_timeout: float = 30.0
     retries: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
+    #: A client must send a whole request head within this many seconds (slowloris guard).
+    header_timeout: float = 10.0
+    #: An idle keep-alive client connection is closed after this many seconds.
+    idle_timeout: float = 60.0
+    #: Consecutive failed requests (connect error, reset, timeout, 5xx) that eject a replica
+    #: from the ring until its heartbeat passes again; 0 disables passive ejection.
+    eject_after: int = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,17 +49,20 @@ class HealthMonitor:
         self.failures = 0
 
     async def check_once(self) -> None:
-        replicas = [r for r in self._pool.replicas() if r.state is ReplicaState.UP]
+        watched = (ReplicaState.UP, ReplicaState.EJECTED)
+        replicas = [r for r in self._pool.replicas() if r.state in watched]
         if not replicas:
             return
         results = await asyncio.gather(
             *(probe(self._session, r.url, self._config.timeout) for r in replicas)
         )
         for replica, ok in zip(replicas, results, strict=True):
-            if replica.state is not ReplicaState.UP:
+            if replica.state not in watched:
                 continue  # changed while we waited (removed, died)
             if ok:
                 replica.fails = 0
+                if replica.state is ReplicaState.EJECTED:
+                    self._pool.readmit(replica)
                 continue
             replica.fails += 1
             self.failures += 1

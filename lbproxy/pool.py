@@ -23,6 +23,7 @@ class ReplicaState(enum.StrEnum):
     UP = "up"  # on the ring, taking traffic
     DOWN = "down"  # failed; off the ring, waiting for its replacement
     DRAINING = "draining"  # being removed: off the ring, in-flight requests finishing
+    EJECTED = "ejected"  # failed requests in a row: off the ring until a heartbeat passes
 
 
 @dataclass(eq=False, slots=True)
@@ -44,6 +45,9 @@ class Replica:
     served: int = 0
     served_total: int = 0
     incarnations: int = 0
+    failures: int = 0  # consecutive failed proxied requests (passive outlier detection)
+    ejections: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -60,15 +64,19 @@ class Replica:
             "in_flight": self.in_flight,
             "served": self.served_total,
             "incarnations": self.incarnations,
+            "ejections": self.ejections,
         }
 
 
 class Pool:
     """Members (the target set, in join order) and the ring over those that are UP."""
 
-    def __init__(self, family: RingFamily, events: EventLog | None = None) -> None:
+    def __init__(
+        self, family: RingFamily, events: EventLog | None = None, *, eject_after: int = 0
+    ) -> None:
         self.family = family
         self.events = events if events is not None else EventLog()
+        self.eject_after = eject_after
         self._members: dict[str, Replica] = {}
         self._ring: Ring = family.build({})
         self.ring_builds = 0
@@ -171,6 +179,7 @@ class Pool:
                 replica.state = ReplicaState.UP
                 replica.since = time.time()
                 replica.fails = 0
+                replica.failures = 0
                 changed = True
         if changed:
             self._rebuild()
@@ -182,12 +191,45 @@ class Pool:
         if self._members.get(replica.name) is not replica or replica.state is ReplicaState.DOWN:
             return False
         was_up = replica.state is ReplicaState.UP
+        if replica.state is ReplicaState.EJECTED:
+            self.events.emit("removed_from_ring", replica.name, reason)
         replica.state = ReplicaState.DOWN
         replica.since = time.time()
         if was_up:
             self._rebuild()
             self.events.emit("removed_from_ring", replica.name, reason)
         return True
+
+    def note_failure(self, replica: Replica, kind: str) -> None:
+        """A proxied request failed on ``replica``; ``eject_after`` in a row eject it.
+
+        Ejection is passive outlier detection: the replica leaves the ring at once and comes
+        back when the heartbeat monitor sees it answer again (or is replaced if it falls).
+        Never ejects the last replica on the ring: a degraded answer beats none.
+        """
+        replica.failures += 1
+        if (
+            self.eject_after
+            and replica.failures >= self.eject_after
+            and replica.state is ReplicaState.UP
+            and self._members.get(replica.name) is replica
+            and len(self._ring.names) > 1
+        ):
+            replica.state = ReplicaState.EJECTED
+            replica.since = time.time()
+            replica.ejections += 1
+            self._rebuild()
+            self.events.emit(
+                "removed_from_ring",
+                replica.name,
+                f"ejected after {replica.failures} failures ({kind})",
+            )
+
+    def readmit(self, replica: Replica) -> None:
+        """An ejected replica answered its heartbeat: back on the ring."""
+        if replica.state is ReplicaState.EJECTED and self._members.get(replica.name) is replica:
+            replica.failures = 0
+            self.mark_up(replica)
 
     def _rebuild(self) -> None:
         up = {r.name: r.ring_id for r in self._members.values() if r.state is ReplicaState.UP}

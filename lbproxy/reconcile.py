@@ -61,7 +61,7 @@ class Reconciler:
         if replica.handle.backend_id != event.backend_id:
             return  # an older incarnation; its replacement is already running
         self._pool.events.emit("died", replica.name, event.reason)
-        if replica.state is ReplicaState.UP:
+        if replica.state in (ReplicaState.UP, ReplicaState.EJECTED):
             self._pool.mark_down(replica, f"died: {event.reason}")
             self._wake.set()
 

@@ -18,11 +18,12 @@ import pytest
 from aiohttp import web
 from hypothesis import settings
 
-from lbproxy.app import BALANCER, Balancer, create_app
+from lbproxy.app import Balancer
 from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
 from lbproxy.backends.process import ProcessBackend, free_loopback_port
 from lbproxy.config import Config, HealthConfig
 from lbproxy.errors import BackendError
+from lbproxy.server import BalancerServer
 from server_app import create_app as create_replica_app
 
 # Property tests explore with a fixed seed: CI must not fail on a rare draw nobody can
@@ -118,6 +119,7 @@ class InProcessBackend:
 def fast_config(**changes: object) -> Config:
     """Short intervals so failure detection takes milliseconds in tests."""
     base = Config(
+        host="127.0.0.1",
         port=0,
         replicas=3,
         start_timeout=5.0,
@@ -139,13 +141,10 @@ class BalancerUnderTest:
             return resp.status, await resp.json(content_type=None)
 
 
-async def start_balancer(config: Config, backend: InProcessBackend) -> tuple[web.AppRunner, str]:
-    app = await create_app(config, backend)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_loopback_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}"
+async def start_balancer(config: Config, backend: InProcessBackend) -> BalancerServer:
+    server = BalancerServer(config, backend)
+    await server.start()
+    return server
 
 
 @pytest.fixture
@@ -153,10 +152,10 @@ async def lb(request: pytest.FixtureRequest) -> AsyncIterator[BalancerUnderTest]
     marker = request.node.get_closest_marker("lbconfig")
     config = fast_config(**(marker.kwargs if marker else {}))
     backend = InProcessBackend()
-    runner, url = await start_balancer(config, backend)
+    server = await start_balancer(config, backend)
     async with aiohttp.ClientSession() as client:
-        yield BalancerUnderTest(client, url, runner.app[BALANCER], backend)
-    await runner.cleanup()
+        yield BalancerUnderTest(client, server.url, server.balancer, backend)
+    await server.stop()
     assert backend.running == {}, "the balancer left replicas running"
 
 
