@@ -67,6 +67,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Header names a Connection header declares hop-by-hop (RFC 9110 7.6.1)."""
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
 def random_request_id() -> str:
     """SPEC's request id: a random 6-digit integer."""
     return str(random.randint(100000, 999999))
@@ -180,6 +185,7 @@ class Exchange:
         "client",
         "complete",
         "conn",
+        "conn_tokens",
         "connecting",
         "control",
         "dead",
@@ -220,6 +226,7 @@ class Exchange:
         self.chunked_in = False
         self.expect_continue = False
         self.has_host = False
+        self.conn_tokens: frozenset[bytes] = frozenset()
         self.request_id = b""
         self.method = b""
         self.path = b""
@@ -262,9 +269,10 @@ class Exchange:
             rid = self.request_id = random_request_id().encode()
         lines = [self.method, b" ", url, b" HTTP/1.1\r\n"]
         append = lines.append
+        tokens = self.conn_tokens
         for name, value in self.headers:
             lname = name.lower()
-            if lname in _SKIP:
+            if lname in _SKIP or (tokens and lname in tokens):
                 continue
             append(name)
             append(b": ")
@@ -436,9 +444,13 @@ class Exchange:
         framed = status in (204, 304) or self.method == b"HEAD"
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason or b"OK")]
         append = lines.append
+        tokens: frozenset[bytes] = frozenset()
+        for name, value in self.resp_headers:
+            if name.lower() == b"connection":
+                tokens = _connection_tokens(value)
         for name, value in self.resp_headers:
             lname = name.lower()
-            if lname in _SKIP:
+            if lname in _SKIP or (tokens and lname in tokens):
                 if lname == b"transfer-encoding" and b"chunked" in value.lower():
                     chunked = True
                 continue
@@ -703,11 +715,15 @@ class ClientConnection(asyncio.Protocol):
             cur.expect_continue = value.lower() == b"100-continue"
         elif lname == b"host":
             cur.has_host = True
+        elif lname == b"connection":
+            cur.conn_tokens = _connection_tokens(value)
         cur.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         cur = self.cur
         assert cur is not None
+        if self.parser.should_upgrade():
+            raise _Refuse(501, "protocol upgrades (websocket, CONNECT) are not supported")
         cur.headers_done(self.parser)
         self.queue.append(cur)
         if len(self.queue) == 1:

@@ -83,6 +83,7 @@ class InProcessBackend:
             return await handler(request)
 
         app.middlewares.append(maybe_hang)
+        add_test_routes(app, name)
         # A short shutdown timeout: a hung replica is cut off, as SIGKILL would.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
@@ -114,6 +115,48 @@ class InProcessBackend:
     def hang(self, name: str) -> None:
         """The replica still runs but stops answering: only heartbeats can tell."""
         self.live(name).hung.set()
+
+
+def add_test_routes(app: web.Application, name: str) -> None:
+    """Extra replica endpoints (test backend only) that exercise the proxy's edge cases."""
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response(
+            {
+                "replica": name,
+                "method": request.method,
+                "path": request.path_qs,
+                "headers": {k: v for k, v in request.headers.items()},
+                "body_len": len(body),
+                "body_head": body[:64].decode("latin-1"),
+            }
+        )
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", "1000000"))
+        resp = web.StreamResponse(headers={"X-Stream": "yes", "Connection": "keep-alive"})
+        await resp.prepare(request)  # no Content-Length: chunked
+        chunk = b"x" * 65536
+        sent = 0
+        while sent < size:
+            part = chunk[: min(len(chunk), size - sent)]
+            await resp.write(part)
+            sent += len(part)
+        await resp.write_eof()
+        return resp
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "1")))
+        return web.Response(text="slow")
+
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.match_info["code"]), text="status")
+
+    app.router.add_route("*", "/_t/echo", echo)
+    app.router.add_get("/_t/stream", stream)
+    app.router.add_get("/_t/slow", slow)
+    app.router.add_route("*", "/_t/status/{code}", status)
 
 
 def fast_config(**changes: object) -> Config:
