@@ -6,6 +6,7 @@ Parsing and validation live here; every failure becomes SPEC's JSON failure body
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from lbproxy.config import MAX_CHANGE_PER_CALL
-from lbproxy.errors import BadRequest, LbproxyError, failure_body
+from lbproxy.errors import BadRequest, LbproxyError, Unauthorized, failure_body
 from lbproxy.pool import Pool
 from lbproxy.reconcile import Reconciler
 
@@ -32,12 +33,26 @@ def rep_body(pool: Pool) -> dict[str, Any]:
     return {"message": {"N": len(names), "replicas": names}, "status": "successful"}
 
 
-def _guard(handler: Handler) -> Handler:
+def _guard(handler: Handler, token: str | None = None) -> Handler:
+    """SPEC's failure body for every error; with ``token``, a bearer token is required."""
+    expected = f"Bearer {token}".encode() if token else None
+
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
+            if expected is not None:
+                given = request.headers.get("Authorization", "").encode()
+                # compare_digest: the time taken does not reveal how much of a guess matched
+                if not hmac.compare_digest(given, expected):
+                    raise Unauthorized(
+                        "this endpoint needs the header 'Authorization: Bearer <token>' "
+                        "with the balancer's admin token (LBPROXY_ADMIN_TOKEN)"
+                    )
             return await handler(request)
         except LbproxyError as exc:
-            return web.json_response(failure_body(exc.message), status=exc.status)
+            response = web.json_response(failure_body(exc.message), status=exc.status)
+            if exc.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="lbproxy"'
+            return response
 
     return wrapped
 
@@ -80,9 +95,10 @@ async def _read_change(request: web.Request) -> tuple[int, list[str]]:
 class AdminRoutes:
     """Handlers bound to one pool and reconciler."""
 
-    def __init__(self, pool: Pool, reconciler: Reconciler) -> None:
+    def __init__(self, pool: Pool, reconciler: Reconciler, token: str | None = None) -> None:
         self._pool = pool
         self._reconciler = reconciler
+        self._token = token or None
 
     async def rep(self, request: web.Request) -> web.Response:
         return web.json_response(rep_body(self._pool))
@@ -131,7 +147,7 @@ class AdminRoutes:
 
     def register(self, app: web.Application) -> None:
         app.router.add_get("/rep", _guard(self.rep))
-        app.router.add_post("/add", _guard(self.add))
-        app.router.add_delete("/rm", _guard(self.rm))
+        app.router.add_post("/add", _guard(self.add, self._token))
+        app.router.add_delete("/rm", _guard(self.rm, self._token))
         app.router.add_get("/lbproxy/status", _guard(self.status))
         app.router.add_get("/lbproxy/events", _guard(self.events))

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from lbproxy import metrics
 from lbproxy.admin import AdminRoutes
 from lbproxy.backends import ReplicaBackend, create_backend
 from lbproxy.config import Config
@@ -114,7 +115,8 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
 
     app = web.Application(client_max_size=64 * 1024)
     app[BALANCER] = balancer
-    AdminRoutes(pool, reconciler).register(app)
+    AdminRoutes(pool, reconciler, config.admin_token).register(app)
+    metrics.register(app, balancer)
     app.router.add_route("*", "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.extend([_close_sessions, _backend_ctx, _pool_ctx, _health_ctx, _reconcile_ctx])
     return app

@@ -35,6 +35,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -45,7 +52,8 @@ def _non_negative_int(text: str) -> int:
 class _EnvParser(argparse.ArgumentParser):
     """Adds options whose default comes from ``LBPROXY_*`` and shows it in --help."""
 
-    def env_option(self, flag: str, *, help: str, **kwargs: Any) -> None:
+    def env_option(self, flag: str, *, help: str, secret: bool = False, **kwargs: Any) -> None:
+        """``secret`` keeps the value out of --help (a token read from the environment)."""
         env = _env_name(flag)
         kind = kwargs.get("type", str)
         default = kwargs.pop("default", None)
@@ -58,9 +66,8 @@ class _EnvParser(argparse.ArgumentParser):
             choices = kwargs.get("choices")
             if choices is not None and default not in choices:
                 self.error(f"{env}={raw!r}: choose from {', '.join(map(str, choices))}")
-        self.add_argument(
-            flag, default=default, help=f"{help} [env {env}; default %(default)s]", **kwargs
-        )
+        shown = "set" if secret and default else ("unset" if secret else "default %(default)s")
+        self.add_argument(flag, default=default, help=f"{help} [env {env}; {shown}]", **kwargs)
 
 
 def _add_serve(sub: Any) -> None:
@@ -149,6 +156,25 @@ def _add_serve(sub: Any) -> None:
         help="seconds an idle keep-alive client connection is kept",
     )
     p.env_option(
+        "--bounded-load",
+        type=_non_negative_float,
+        default=x.bounded_load,
+        help="cap each replica at this factor times the mean in-flight load, e.g. 1.25 (0: off)",
+    )
+    p.env_option(
+        "--admin-token",
+        secret=True,
+        help="require 'Authorization: Bearer TOKEN' on /add, /rm and other mutating calls",
+    )
+    p.env_option(
+        "--admin-host", default=d.admin_host, help="address of the separate admin listener"
+    )
+    p.env_option(
+        "--admin-port",
+        type=int,
+        help="serve /rep, /add, /rm and /lbproxy/* on this port only, not the public one",
+    )
+    p.env_option(
         "--eject-after",
         type=_non_negative_int,
         default=x.eject_after,
@@ -226,7 +252,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
             header_timeout=args.header_timeout,
             idle_timeout=args.idle_timeout,
             eject_after=args.eject_after,
+            bounded_load=args.bounded_load,
         ),
+        admin_token=args.admin_token or None,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
         docker=DockerConfig(
             image=args.docker_image,
             network=args.docker_network,

@@ -44,6 +44,10 @@ class ProxyConfig:
     #: Consecutive failed requests (connect error, reset, timeout, 5xx) that eject a replica
     #: from the ring until its heartbeat passes again; 0 disables passive ejection.
     eject_after: int = 5
+    #: Consistent hashing with bounded loads: no replica takes more than this factor times
+    #: the mean in-flight load; a key whose owner is full goes to the next replica on the
+    #: ring. 0 disables (pure consistent hashing).
+    bounded_load: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +74,13 @@ class Config:
     hash: str = "maglev"
     slots: int | None = None
     vnodes: int | None = None
-    replica_prefix: str = "Server "
     start_timeout: float = 10.0
     stop_timeout: float = 5.0
+    #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".
+    admin_token: str | None = None
+    #: When set, the balancer's own endpoints listen here only (not on the public port).
+    admin_host: str = "127.0.0.1"
+    admin_port: int | None = None
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)

@@ -8,6 +8,7 @@ on Docker or on a process spawn.
 from __future__ import annotations
 
 import enum
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -94,6 +95,25 @@ class Pool:
             replica = members.get(name)
             if replica is not None and replica.state is ReplicaState.UP:
                 yield replica
+
+    def pick_bounded(self, key: str, factor: float, load: int) -> Iterator[Replica]:
+        """``pick`` with bounded loads (Mirrokni et al.): owners at capacity go last.
+
+        Capacity is ``ceil(factor * load / n)`` in-flight requests per replica, ``load``
+        counting this request; a key whose owner is full walks on to the next replica on
+        the ring, so a hot key spills over instead of drowning one replica.
+        """
+        n = len(self._ring.names)
+        if n == 0:
+            raise EmptyRingError("no replica is available")
+        cap = math.ceil(factor * load / n)
+        full: list[Replica] = []
+        for replica in self.pick(key):
+            if replica.in_flight < cap:
+                yield replica
+            else:
+                full.append(replica)
+        yield from full
 
     def owner(self, key: str) -> Replica:
         """The replica that owns ``key`` now (raises ``EmptyRingError``)."""

@@ -130,7 +130,7 @@ class Frontend:
     """Shared state of the listener: pool, upstream connections, settings, live clients."""
 
     def __init__(
-        self, pool: Pool, config: ProxyConfig, control_key: str, stats: ProxyStats
+        self, pool: Pool, config: ProxyConfig, control_key: str | None, stats: ProxyStats
     ) -> None:
         self.pool = pool
         self.config = config
@@ -263,7 +263,10 @@ class Exchange:
         q = url.find(b"?")
         self.path = url if q < 0 else url[:q]
         path = self.path
-        self.control = path in RESERVED_EXACT or path.startswith(RESERVED_PREFIX)
+        # With a separate admin listener (control_key None) nothing is shadowed here.
+        self.control = self.front.control_key is not None and (
+            path in RESERVED_EXACT or path.startswith(RESERVED_PREFIX)
+        )
         rid = self.request_id
         if not rid:
             rid = self.request_id = random_request_id().encode()
@@ -328,15 +331,21 @@ class Exchange:
         self.start = self.last_activity = front.loop.time()
         if self.expect_continue:
             self.client.write(_CONTINUE)
-        if self.control:
-            conn = front.upstreams.take(front.control_key)
+        control_key = front.control_key
+        if self.control and control_key is not None:
+            conn = front.upstreams.take(control_key)
             if conn is not None:
                 self._send(conn)
             else:
-                self._connect(front.control_key)
+                self._connect(control_key)
             return
+        key = self.request_id.decode("latin-1")
+        bound = front.config.bounded_load
         try:
-            self.candidates = front.pool.pick(self.request_id.decode("latin-1"))
+            if bound:
+                self.candidates = front.pool.pick_bounded(key, bound, front.in_flight)
+            else:
+                self.candidates = front.pool.pick(key)
         except EmptyRingError:
             self.fail(503, "no replica is available")
             return

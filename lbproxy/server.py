@@ -58,10 +58,15 @@ class BalancerServer:
             self._sockdir = tempfile.mkdtemp(prefix="lbproxy-")
             control = os.path.join(self._sockdir, "control.sock")
             await web.UnixSite(self._runner, control).start()
+            control_key: str | None = f"unix:{control}"
+            if self.config.admin_port is not None:
+                # A separate admin listener: the public port then shadows no path at all.
+                admin = web.TCPSite(self._runner, self.config.admin_host, self.config.admin_port)
+                await admin.start()
+                control_key = None
+                log.info("admin endpoints on %s", admin.name)
             balancer = self.balancer
-            self.frontend = Frontend(
-                balancer.pool, self.config.proxy, f"unix:{control}", balancer.stats
-            )
+            self.frontend = Frontend(balancer.pool, self.config.proxy, control_key, balancer.stats)
             self.frontend.start()
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(

@@ -1,0 +1,143 @@
+"""Prometheus metrics at /lbproxy/metrics, read from the counters the balancer keeps anyway.
+
+The request path only bumps plain integers (per-replica status counts, a latency bucket);
+this collector turns them into Prometheus families at scrape time, so metrics cost the hot
+path nothing beyond those increments. prometheus-client does the exposition format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from lbproxy.pool import ReplicaState
+from lbproxy.proxy import LATENCY_BUCKETS
+
+if TYPE_CHECKING:
+    from lbproxy.app import Balancer
+
+
+class BalancerCollector(Collector):
+    """Exposes one balancer's pool, proxy and health counters."""
+
+    def __init__(self, balancer: Balancer) -> None:
+        self._b = balancer
+
+    def collect(self) -> Iterator[Metric]:
+        b = self._b
+        pool, stats = b.pool, b.stats
+
+        requests = CounterMetricFamily(
+            "lbproxy_replica_responses",
+            "Responses relayed from each replica, by HTTP status",
+            labels=["replica", "code"],
+        )
+        in_flight = GaugeMetricFamily(
+            "lbproxy_replica_in_flight", "Requests in flight per replica", labels=["replica"]
+        )
+        up = GaugeMetricFamily(
+            "lbproxy_replica_up", "1 if the replica is on the ring and serving", labels=["replica"]
+        )
+        ejections = CounterMetricFamily(
+            "lbproxy_replica_ejections",
+            "Times a replica was ejected after failed requests in a row",
+            labels=["replica"],
+        )
+        for replica in pool.replicas():
+            for code, count in replica.by_status.items():
+                requests.add_metric([replica.name, str(code)], count)
+            in_flight.add_metric([replica.name], replica.in_flight)
+            up.add_metric([replica.name], 1.0 if replica.state is ReplicaState.UP else 0.0)
+            ejections.add_metric([replica.name], replica.ejections)
+        yield from (requests, in_flight, up, ejections)
+
+        states = GaugeMetricFamily(
+            "lbproxy_replicas", "Replicas in the pool by state", labels=["state"]
+        )
+        counts = {state.value: 0 for state in ReplicaState}
+        for replica in pool.replicas():
+            counts[replica.state.value] += 1
+        for state, count in counts.items():
+            states.add_metric([state], count)
+        yield states
+        yield GaugeMetricFamily(
+            "lbproxy_pool_target", "Replicas the pool should have (N)", value=len(pool)
+        )
+        yield GaugeMetricFamily(
+            "lbproxy_ring_size", "Replicas on the ring", value=len(pool.ring.names)
+        )
+        yield CounterMetricFamily(
+            "lbproxy_ring_builds", "Ring rebuilds (membership changes)", value=pool.ring_builds
+        )
+        yield CounterMetricFamily(
+            "lbproxy_replacements",
+            "Failed replicas replaced by a new incarnation",
+            value=b.reconciler.replacements,
+        )
+        yield CounterMetricFamily(
+            "lbproxy_heartbeat_failures",
+            "Missed heartbeats (each probe that failed)",
+            value=b.monitor.failures,
+        )
+        yield CounterMetricFamily(
+            "lbproxy_requests", "Requests the balancer accepted", value=stats.requests
+        )
+        yield CounterMetricFamily(
+            "lbproxy_retries",
+            "Requests retried on another replica after a connection failure",
+            value=stats.retries,
+        )
+        errors = CounterMetricFamily(
+            "lbproxy_upstream_errors",
+            "Failed upstream attempts by kind (connect_refused, reset, read_timeout, ...)",
+            labels=["kind"],
+        )
+        for kind, count in stats.upstream_errors.items():
+            errors.add_metric([kind], count)
+        yield errors
+        answered = CounterMetricFamily(
+            "lbproxy_own_errors",
+            "Error responses the balancer answered itself, by status",
+            labels=["code"],
+        )
+        for code, count in stats.client_errors.items():
+            answered.add_metric([str(code)], count)
+        yield answered
+
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip(LATENCY_BUCKETS, stats.latency_counts, strict=False):
+            cumulative += count
+            buckets.append((repr(bound), cumulative))
+        cumulative += stats.latency_counts[-1]
+        buckets.append(("+Inf", cumulative))
+        latency = HistogramMetricFamily(
+            "lbproxy_request_duration_seconds",
+            "Time from a request's head to the end of its response, as the balancer saw it",
+        )
+        latency.add_metric([], buckets, sum_value=stats.latency_sum)
+        yield latency
+
+
+def register(app: web.Application, balancer: Balancer) -> None:
+    """Serve the metrics of ``balancer`` at GET /lbproxy/metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(BalancerCollector(balancer))
+    registry.register(ProcessCollector(registry=None))
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.router.add_get("/lbproxy/metrics", metrics)
