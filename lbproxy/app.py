@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from lbproxy import metrics
+from lbproxy import dashboard, metrics, openapi
 from lbproxy.admin import AdminRoutes
 from lbproxy.backends import ReplicaBackend, create_backend
 from lbproxy.config import Config
@@ -117,6 +117,8 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     app[BALANCER] = balancer
     AdminRoutes(pool, reconciler, config.admin_token).register(app)
     metrics.register(app, balancer)
+    dashboard.register(app, balancer)
+    openapi.register(app)
     app.router.add_route("*", "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.extend([_close_sessions, _backend_ctx, _pool_ctx, _health_ctx, _reconcile_ctx])
     return app

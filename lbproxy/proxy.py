@@ -611,7 +611,8 @@ class Exchange:
                     front.pool.note_failure(replica, f"status {status}")
                 else:
                     replica.failures = 0
-        front.stats.observe(front.loop.time() - self.start)
+        if not self.control:  # a dashboard stream's lifetime is no request latency
+            front.stats.observe(front.loop.time() - self.start)
         self.client.exchange_done(self)
 
 

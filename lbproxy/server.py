@@ -18,6 +18,7 @@ import tempfile
 
 from aiohttp import web
 
+from lbproxy import dashboard
 from lbproxy.app import BALANCER, Balancer, create_app
 from lbproxy.backends import ReplicaBackend
 from lbproxy.config import Config
@@ -95,6 +96,9 @@ class BalancerServer:
         if self._server is not None:
             self._server.close()
             self._server = None
+        if self._runner is not None:
+            # Dashboard streams never end by themselves; the drain must not wait on them.
+            dashboard.close_streams(self._runner.app)
         if self.frontend is not None:
             await self.frontend.drain(self.config.stop_timeout)
             self.frontend = None
