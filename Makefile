@@ -43,5 +43,22 @@ lint: $(STAMP)
 images:
 	bash scripts/ensure-images.sh
 
+# lbproxy vs HAProxy vs NGINX on the same replicas, memory, ring figures and a py-spy
+# profile; see docs/performance.md. BENCH_QUICK=1 for a smoke run. Installs wrk, haproxy
+# and nginx from Debian's packages when missing (root only).
+bench: $(STAMP)
+	bash bench/run.sh
+
+# Chaos soak (bench/soak.py, docs/operations.md): under steady load, a random replica is
+# killed every 5 s for 60 s (SIGKILL, then `docker kill` when `docker info` answers); fails
+# on any failed request, an unrecovered kill, a pool not back at N or anything left behind.
+SOAK_ARGS ?= --duration 60 --kill-every 5 --concurrency 16
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --backend process $(SOAK_ARGS)
+	@if docker info >/dev/null 2>&1; then \
+		echo "$(BIN)/python bench/soak.py --backend docker $(SOAK_ARGS)"; \
+		$(BIN)/python bench/soak.py --backend docker $(SOAK_ARGS); \
+	else echo "soak: no Docker engine answers 'docker info': docker soak skipped"; fi
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
