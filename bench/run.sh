@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `make bench`: tools, then the HTTP comparison with a profile, then memory and ring figures.
+#   BENCH_QUICK=1      short runs for a smoke test (about a minute)
+#   BENCH_ONLY=http    only the HTTP comparison (+ profile); BENCH_ONLY=memory: only memory
+#   BENCH_PROFILE=0    skip the py-spy profile
+#   BENCH_TAG=name     name the result/profile files (profile-<name>.svg); BENCH_LBPROXY_SRC=dir
+#                      measures another lbproxy tree (see docs/performance.md)
+# Every process the Python scripts start is stopped when they exit, Ctrl-C included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${BENCH_PYTHON:-.venv/bin/python}
+only=${BENCH_ONLY:-all}
+start=$(date +%s)
+
+bash bench/install-tools.sh
+
+profile=(--profile)
+if [ "${BENCH_PROFILE:-1}" = "0" ]; then
+    profile=()
+elif [ ! -x "$(dirname "$PY")/py-spy" ] && ! command -v py-spy >/dev/null 2>&1; then
+    "$PY" -m pip install --quiet py-spy \
+        || echo "bench: py-spy could not be installed; the profile is skipped" >&2
+fi
+
+if [ "$only" = "all" ] || [ "$only" = "http" ]; then
+    "$PY" bench/http_bench.py "${profile[@]}"
+fi
+if [ "$only" = "all" ] || [ "$only" = "memory" ]; then
+    "$PY" bench/memory.py
+fi
+echo "make bench took $(( $(date +%s) - start ))s; results in bench/results/"
