@@ -15,6 +15,9 @@ help:
 	@echo "make test-fast  the suite without the Docker end-to-end tests"
 	@echo "make lint       ruff and mypy"
 	@echo "make images     build the replica and balancer images (works without a registry)"
+	@echo "make analyze    SPEC Task 4: charts and report into docs/analysis (seed 42)"
+	@echo "make bench      lbproxy vs HAProxy and NGINX on the same replicas (docs/performance.md)"
+	@echo "make soak       60 s chaos soak: a replica killed every 5 s under load"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lbproxy needs Python 3.11+")'
@@ -42,6 +45,9 @@ lint: $(STAMP)
 
 images:
 	bash scripts/ensure-images.sh
+
+analyze: $(STAMP)
+	$(BIN)/lbproxy analyze --seed 42 --out docs/analysis
 
 # lbproxy vs HAProxy vs NGINX on the same replicas, memory, ring figures and a py-spy
 # profile; see docs/performance.md. BENCH_QUICK=1 for a smoke run. Installs wrk, haproxy

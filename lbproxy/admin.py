@@ -66,6 +66,8 @@ async def _read_change(request: web.Request) -> tuple[int, list[str]]:
         raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
     try:
         payload = json.loads(raw or b"null")
+    except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack
+        raise BadRequest("body is nested too deeply to be a change request") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(
             f'body is not valid JSON ({exc}); send {{"n": 2, "hostnames": []}}'
@@ -134,10 +136,10 @@ class AdminRoutes:
         )
 
     async def events(self, request: web.Request) -> web.Response:
-        try:
-            since = int(request.query.get("since", "0"))
-        except ValueError:
-            raise BadRequest('"since" must be an integer event sequence number') from None
+        raw = request.query.get("since", "0")
+        if not (raw.isascii() and raw.isdigit()):
+            raise BadRequest('"since" must be a non-negative integer event sequence number')
+        since = int(raw)
         return web.json_response(
             {
                 "message": [e.as_dict() for e in self._pool.events.since(since)],

@@ -185,8 +185,7 @@ class Reconciler:
             if errors:
                 started = [r for r in results if isinstance(r, ReplicaHandle)]
                 await asyncio.gather(*(self._stop_handle(h, timeout=1.0) for h in started))
-                for replica in replicas:
-                    self._pool.remove(replica.name)
+                self._pool.remove(*(r.name for r in replicas))
                 first = errors[0]
                 if isinstance(first, LbproxyError):
                     raise first
@@ -221,7 +220,8 @@ class Reconciler:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
-                self._pool.remove(replica.name)
+            self._pool.remove(*(r.name for r in chosen))
+            for replica in chosen:
                 self._retry_at.pop(replica.name, None)
                 self._attempts.pop(replica.name, None)
                 self._pool.events.emit("removed", replica.name)
@@ -300,6 +300,5 @@ class Reconciler:
                 await task
         async with self._lock:
             replicas = self._pool.replicas()
-            for replica in replicas:
-                self._pool.remove(replica.name)
+            self._pool.remove(*(r.name for r in replicas))
             await asyncio.gather(*(self._drain_and_stop(r) for r in replicas))

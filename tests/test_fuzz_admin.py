@@ -462,11 +462,6 @@ def test_admin_token_answers_the_documented_401() -> None:
         assert lb.running_names() == ["Server 1", "Server 2", "Server 3"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="admin._read_change: json.loads raises RecursionError on deep nesting -> 500 "
-    "text/plain (reported; remove this mark once it is a 400)",
-)
 def test_deeply_nested_body_is_a_400_failure(balancer: ThreadedBalancer) -> None:
     """A small body (60 KB, under the 64 KiB cap) nested 60,000 deep is malformed input."""
     resp = requests.post(balancer.url + "/add", data=b"[" * 60_000, timeout=30)

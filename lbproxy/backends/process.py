@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import sys
+from collections import deque
 
 from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
 from lbproxy.config import Config
@@ -38,12 +39,21 @@ def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
         pass
 
 
+#: Ports handed out lately: the kernel may offer a just-released port again before the
+#: child we gave it to has bound it, and an /add of 64 would then start two on one port.
+_RECENT_PORTS: deque[int] = deque(maxlen=4096)
+
+
 def free_loopback_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 that nothing listens on now and we did not hand out lately."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS.append(port)
+            return port
+    raise OSError("no free loopback port that was not handed out lately")
 
 
 class ProcessBackend:
