@@ -11,9 +11,15 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from lbproxy.argtypes import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from lbproxy.config import Config, DockerConfig, HealthConfig, ProxyConfig
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
 
@@ -22,31 +28,6 @@ ENV_PREFIX = "LBPROXY_"
 
 def _env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
 
 
 class _EnvParser(argparse.ArgumentParser):
@@ -80,7 +61,7 @@ def _add_serve(sub: Any) -> None:
     p.env_option("--host", default=d.host, help="address to listen on (0.0.0.0 in containers)")
     p.env_option("--port", type=int, default=d.port, help="port to listen on")
     p.env_option(
-        "--replicas", type=_non_negative_int, default=d.replicas, help="initial pool size N"
+        "--replicas", type=non_negative_int, default=d.replicas, help="initial pool size N"
     )
     p.env_option(
         "--backend",
@@ -90,74 +71,74 @@ def _add_serve(sub: Any) -> None:
     )
     p.env_option("--hash", choices=FAMILY_NAMES, default=DEFAULT_FAMILY, help="ring hash family")
     p.env_option(
-        "--slots", type=_positive(int), help="ring slots / table size (family default if unset)"
+        "--slots", type=positive_int, help="ring slots / table size (family default if unset)"
     )
     p.env_option(
-        "--vnodes", type=_positive(int), help="virtual nodes per replica (family default if unset)"
+        "--vnodes", type=positive_int, help="virtual nodes per replica (family default if unset)"
     )
     p.env_option(
         "--heartbeat-interval",
-        type=_positive(float),
+        type=positive_float,
         default=h.interval,
         help="seconds between heartbeat rounds",
     )
     p.env_option(
         "--heartbeat-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=h.timeout,
         help="seconds a heartbeat may take",
     )
     p.env_option(
         "--fall",
-        type=_positive(int),
+        type=positive_int,
         default=h.fall,
         help="missed heartbeats in a row that mark a replica down",
     )
     p.env_option(
         "--rise",
-        type=_positive(int),
+        type=positive_int,
         default=h.rise,
         help="passed heartbeats in a row that mark a new replica up",
     )
     p.env_option(
         "--connect-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=x.connect_timeout,
         help="seconds to connect to a replica",
     )
     p.env_option(
         "--read-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=x.read_timeout,
         help="seconds a replica may stay silent mid-response",
     )
     p.env_option(
         "--retries",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=x.retries,
         help="other replicas to try when a connection fails",
     )
     p.env_option(
         "--max-body",
-        type=_positive(int),
+        type=positive_int,
         default=x.max_body_bytes,
         help="largest request body in bytes (413 beyond)",
     )
     p.env_option(
         "--header-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=x.header_timeout,
         help="seconds a client has to send a request head (408 beyond; slowloris guard)",
     )
     p.env_option(
         "--idle-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=x.idle_timeout,
         help="seconds an idle keep-alive client connection is kept",
     )
     p.env_option(
         "--bounded-load",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=x.bounded_load,
         help="cap each replica at this factor times the mean in-flight load, e.g. 1.25 (0: off)",
     )
@@ -176,19 +157,19 @@ def _add_serve(sub: Any) -> None:
     )
     p.env_option(
         "--eject-after",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=x.eject_after,
         help="failed requests in a row that eject a replica until its heartbeat passes (0: off)",
     )
     p.env_option(
         "--start-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=d.start_timeout,
         help="seconds a new replica has to pass its heartbeats",
     )
     p.env_option(
         "--stop-timeout",
-        type=_positive(float),
+        type=positive_float,
         default=d.stop_timeout,
         help="seconds to drain and stop a replica before killing it",
     )
@@ -203,13 +184,13 @@ def _add_serve(sub: Any) -> None:
     )
     p.env_option(
         "--docker-memory",
-        type=_positive(int),
+        type=positive_int,
         default=k.memory_mb,
         help="memory limit per replica container in MiB",
     )
     p.env_option(
         "--docker-cpus",
-        type=_positive(float),
+        type=positive_float,
         default=k.cpus,
         help="CPU limit per replica container",
     )

@@ -211,3 +211,16 @@ def compose_stack(
         yield stack
     finally:
         stack.run("down", "--remove-orphans", "--timeout", "30", check=False)
+
+
+def docker_engine_answers() -> bool:
+    """True when ``docker info`` succeeds: the Docker tests must then run, not skip."""
+    import shutil
+
+    if shutil.which("docker") is None:
+        return False
+    try:
+        probe = subprocess.run(["docker", "info"], capture_output=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0

@@ -31,6 +31,8 @@ from typing import Any
 
 import aiohttp
 
+from lbproxy.argtypes import positive_float, positive_int
+
 __all__ = [
     "LatencySummary",
     "LoadResult",
@@ -375,20 +377,6 @@ def format_table(result: LoadResult) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def _option(parser: Any, flag: str, *, help: str, **kwargs: Any) -> None:
     """An option that also reads ``LBPROXY_*`` when the parser supports it (lbproxy's does)."""
     if hasattr(parser, "env_option"):
@@ -409,11 +397,11 @@ def add_parser(sub: Any) -> None:
     )
     _option(p, "--url", default="http://127.0.0.1:5000", help="balancer base URL")
     p.add_argument(
-        "--requests", type=_positive_int, default=10000, help="requests to send [%(default)s]"
+        "--requests", type=positive_int, default=10000, help="requests to send [%(default)s]"
     )
     p.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="connections and worker tasks [%(default)s]",
     )
@@ -432,12 +420,12 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--rate",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="pace to this many req/s (default: flat out)",
     )
     p.add_argument(
-        "--timeout", type=_positive_float, default=10.0, help="seconds per request [%(default)s]"
+        "--timeout", type=positive_float, default=10.0, help="seconds per request [%(default)s]"
     )
     p.add_argument(
         "--json", metavar="OUT", help="also write the figures as JSON to OUT ('-' = stdout)"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lbproxy.launcher import ComposeStack, compose_stack
+from lbproxy.launcher import ComposeStack, compose_stack, docker_engine_answers
 from tests.process_balancer import steady_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -28,16 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "lbproxy-e2e"
 
 
-def _engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-if not _engine_answers():
+if not docker_engine_answers():
     pytest.skip("no Docker engine answers `docker info`", allow_module_level=True)
 
 

@@ -10,13 +10,13 @@ N = 3 with the same names, up, on the ring and running, and nothing left behind.
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from lbproxy.launcher import docker_engine_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,19 +54,10 @@ def test_process_soak_kill_every_2s_for_10s_loses_nothing() -> None:
     assert result.names_before == ["Server 1", "Server 2", "Server 3"]
 
 
-def _engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_docker_soak_kill_every_3s_for_12s_loses_nothing() -> None:
-    if not _engine_answers():
+    if not docker_engine_answers():
         pytest.skip("no Docker engine answers `docker info`")
     result = soak.run(
         "docker",

@@ -19,21 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lbproxy.argtypes import positive_float, positive_int
+
 __all__ = ["add_parser"]
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def _families(text: str) -> list[str]:
@@ -64,7 +52,7 @@ def add_parser(sub: Any) -> None:
         "--out", type=Path, default=Path("docs/analysis"), help="output directory [%(default)s]"
     )
     p.add_argument(
-        "--requests", type=_positive_int, default=10000, help="requests per point [%(default)s]"
+        "--requests", type=positive_int, default=10000, help="requests per point [%(default)s]"
     )
     p.add_argument("--seed", type=int, default=42, help="seed of the request ids [%(default)s]")
     p.add_argument(
@@ -73,10 +61,10 @@ def add_parser(sub: Any) -> None:
         default=["maglev", "seed", "seed-alt"],
         help="hash families to compare, comma-separated [maglev,seed,seed-alt]",
     )
-    p.add_argument("--min-n", type=_positive_int, default=2, help="smallest N of A-2 [%(default)s]")
-    p.add_argument("--max-n", type=_positive_int, default=6, help="largest N of A-2 [%(default)s]")
+    p.add_argument("--min-n", type=positive_int, default=2, help="smallest N of A-2 [%(default)s]")
+    p.add_argument("--max-n", type=positive_int, default=6, help="largest N of A-2 [%(default)s]")
     p.add_argument(
-        "--concurrency", type=_positive_int, default=100, help="connections per point [%(default)s]"
+        "--concurrency", type=positive_int, default=100, help="connections per point [%(default)s]"
     )
     p.add_argument(
         "--url",
@@ -97,7 +85,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--kill-rate",
-        type=_positive_float,
+        type=positive_float,
         default=400.0,
         help="steady load during A-3's kill, req/s [%(default)s]",
     )
