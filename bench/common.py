@@ -21,13 +21,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
+sys.path.insert(0, str(ROOT))
+
+from lbproxy.launcher import clean_env, serve_command  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 _PR_SET_PDEATHSIG = 1
@@ -286,30 +290,9 @@ def lbproxy_status(base: str) -> dict[str, Any]:
 
 
 def lbproxy_cmd(port: int, replicas: int, *extra: str) -> list[str]:
-    return [
-        PYTHON,
-        "-m",
-        "lbproxy",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--replicas",
-        str(replicas),
-        "--backend",
-        "process",
-        "--loop",
-        "uvloop",
-        "--log-level",
-        "warning",
-        *extra,
-    ]
-
-
-def clean_env() -> dict[str, str]:
-    """The environment minus LBPROXY_* settings, so a developer's shell cannot skew a run."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LBPROXY_")}
+    return serve_command(
+        port, replicas, "--loop", "uvloop", "--log-level", "warning", *extra, python=PYTHON
+    )
 
 
 def tag() -> str:
@@ -417,3 +400,18 @@ def write_json(path: Path, data: object) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
     tmp.replace(path)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a bench script's ``main``; Ctrl-C and the time bound end it with a clear line."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(
+            f"\nbench: interrupted ({exc or 'Ctrl-C'}); every process it started is stopped",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    except Deadline as exc:
+        print(f"\nbench: {exc}; every process it started is stopped", file=sys.stderr)
+        sys.exit(124)

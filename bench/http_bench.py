@@ -50,7 +50,6 @@ from common import (
     CLK_TCK,
     RESULTS,
     ROOT,
-    Deadline,
     Processes,
     children,
     cpu_seconds,
@@ -70,6 +69,7 @@ from common import (
     owned_processes,
     pin,
     quick,
+    run_main,
     tag,
     wait_http,
     write_json,
@@ -1053,14 +1053,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(
-            f"\nbench: interrupted ({exc or 'Ctrl-C'}); every process it started is stopped",
-            file=sys.stderr,
-        )
-        sys.exit(130)
-    except Deadline as exc:
-        print(f"\nbench: {exc}; every process it started is stopped", file=sys.stderr)
-        sys.exit(124)
+    run_main(main)

@@ -37,7 +37,6 @@ from typing import Any
 from common import (
     RESULTS,
     ROOT,
-    Deadline,
     Processes,
     env_number,
     free_port,
@@ -50,6 +49,7 @@ from common import (
     owned_processes,
     quick,
     rss_bytes,
+    run_main,
     tag,
     wait_http,
     write_json,
@@ -348,14 +348,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt as exc:
-        print(
-            f"\nbench: interrupted ({exc or 'Ctrl-C'}); every process it started is stopped",
-            file=sys.stderr,
-        )
-        sys.exit(130)
-    except Deadline as exc:
-        print(f"\nbench: {exc}; every process it started is stopped", file=sys.stderr)
-        sys.exit(124)
+    run_main(main)

@@ -55,14 +55,10 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout}s")
 
 
-@contextlib.contextmanager
-def run_balancer(
-    *extra: str, replicas: int = 3, port: int | None = None
-) -> Iterator[RunningBalancer]:
-    """Start ``lbproxy serve`` on a free loopback port; SIGTERM it (then SIGKILL) on exit."""
-    port = port or free_loopback_port()
-    cmd = [
-        sys.executable,
+def serve_command(port: int, replicas: int, *extra: str, python: str = sys.executable) -> list[str]:
+    """The ``lbproxy serve`` command line for a process-backend balancer on 127.0.0.1."""
+    return [
+        python,
         "-m",
         "lbproxy",
         "serve",
@@ -74,6 +70,24 @@ def run_balancer(
         str(replicas),
         "--backend",
         "process",
+        *extra,
+    ]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment minus LBPROXY_* settings, so a developer's shell cannot skew a run."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LBPROXY_")}
+
+
+@contextlib.contextmanager
+def run_balancer(
+    *extra: str, replicas: int = 3, port: int | None = None
+) -> Iterator[RunningBalancer]:
+    """Start ``lbproxy serve`` on a free loopback port; SIGTERM it (then SIGKILL) on exit."""
+    port = port or free_loopback_port()
+    cmd = serve_command(
+        port,
+        replicas,
         "--heartbeat-interval",
         "0.2",
         "--heartbeat-timeout",
@@ -81,8 +95,8 @@ def run_balancer(
         "--log-level",
         "warning",
         *extra,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LBPROXY_")}
+    )
+    env = clean_env()
     proc = subprocess.Popen(cmd, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
