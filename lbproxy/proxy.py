@@ -203,6 +203,7 @@ class Exchange:
         "replica",
         "request_id",
         "resp_chunked_out",
+        "resp_conn_tokens",
         "resp_framed",
         "resp_headers",
         "resp_keep_alive",
@@ -244,6 +245,7 @@ class Exchange:
         self.resp_status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.resp_conn_tokens: frozenset[bytes] = frozenset()
         self.resp_started = False
         self.resp_chunked_out = False
         self.resp_framed = True
@@ -411,6 +413,7 @@ class Exchange:
         self.sent = True
         self.resp_status = 0
         self.resp_headers = []
+        self.resp_conn_tokens = frozenset()
         self.resp_reason = b""
         body = self.body
         if body:
@@ -435,12 +438,16 @@ class Exchange:
         self.resp_reason += reason
 
     def on_upstream_header(self, name: bytes, value: bytes) -> None:
+        # len() first: lower-casing every header name just to find this one is wasted work
+        if len(name) == 10 and name.lower() == b"connection":
+            self.resp_conn_tokens = _connection_tokens(value)
         self.resp_headers.append((name, value))
 
     def on_upstream_headers_complete(self, conn: UpstreamConnection) -> None:
         status = conn.parser.get_status_code()
         if 100 <= status < 200:  # an interim response: ours to drop, a final one follows
             self.resp_headers = []
+            self.resp_conn_tokens = frozenset()
             self.resp_reason = b""
             return
         self.resp_status = status
@@ -453,10 +460,7 @@ class Exchange:
         framed = status in (204, 304) or self.method == b"HEAD"
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason or b"OK")]
         append = lines.append
-        tokens: frozenset[bytes] = frozenset()
-        for name, value in self.resp_headers:
-            if name.lower() == b"connection":
-                tokens = _connection_tokens(value)
+        tokens = self.resp_conn_tokens
         for name, value in self.resp_headers:
             lname = name.lower()
             if lname in _SKIP or (tokens and lname in tokens):

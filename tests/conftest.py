@@ -156,6 +156,11 @@ def add_test_routes(app: web.Application, name: str) -> None:
     app.router.add_route("*", "/_t/echo", echo)
     app.router.add_get("/_t/stream", stream)
     app.router.add_get("/_t/slow", slow)
+
+    async def hop(request: web.Request) -> web.Response:
+        return web.Response(text="hop", headers={"Connection": "keep-alive, X-Hop", "X-Hop": "1"})
+
+    app.router.add_get("/_t/hop", hop)
     app.router.add_route("*", "/_t/status/{code}", status)
 
 
@@ -210,4 +215,3 @@ async def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(interval)
-

@@ -54,6 +54,12 @@ async def test_body_and_headers_are_forwarded_without_hop_by_hop(lb: BalancerUnd
         assert hop not in sent
 
 
+async def test_response_hop_by_hop_headers_are_dropped(lb: BalancerUnderTest) -> None:
+    async with lb.client.get(lb.url + "/_t/hop") as r:
+        assert r.status == 200 and await r.text() == "hop"
+        assert "X-Hop" not in r.headers and "X-Request-ID" in r.headers
+
+
 async def test_chunked_request_body_is_streamed(lb: BalancerUnderTest) -> None:
     async def body() -> AsyncIterator[bytes]:
         for _ in range(20):
