@@ -10,7 +10,7 @@ The balancer runs on a free 127.0.0.1 port: ``lbproxy serve --backend process`` 
 X-Request-IDs from ``--concurrency`` connections for ``--duration`` seconds (capped at
 ``--max-requests``). Every ``--kill-every`` seconds a random replica that is up is killed
 without warning: SIGKILL to the pid /lbproxy/status reports (process), or ``docker kill``
-of the container ``docker ps --filter label=lbproxy.pool=<pool>`` lists (docker). No kill
+of the container ``docker ps --filter label=lbproxy.control.pool=<pool>`` lists (docker). No kill
 falls in the last ``--kill-every`` seconds, so the last victim recovers under load; after
 ``--duration`` the load goes on until the pool is whole again (at most ``--settle`` s).
 
@@ -138,7 +138,7 @@ class DockerTarget:
 
     def victims(self, status: dict[str, Any]) -> dict[str, str]:
         up = _up(status)
-        listed = self.stack.replicas()  # docker ps --filter label=lbproxy.pool=<pool>
+        listed = self.stack.replicas()  # docker ps --filter label=lbproxy.control.pool=<pool>
         return {name: cid for name, cid in listed.items() if up.get(name) == cid}
 
     def note(self, status: dict[str, Any]) -> None:

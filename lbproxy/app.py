@@ -1,7 +1,7 @@
 """Builds the control application: typed state, admin routes and the lifecycle of every part.
 
 The control app is an ordinary aiohttp application on a private unix socket; the public
-listener (proxy.py) relays the reserved paths to it. Startup order is sessions, backend,
+listener (frontend/relay.py) relays the reserved paths to it. Startup order is sessions, backend,
 pool (adopt + launch), health monitor, reconcile loop; aiohttp's cleanup_ctx unwinds in
 reverse, so the reconciler stops replacing before the replicas are stopped, and the
 replicas stop before the backend and sessions close.
@@ -19,17 +19,17 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from lbproxy import dashboard, metrics, openapi
-from lbproxy.admin import AdminRoutes
 from lbproxy.backends import ReplicaBackend, create_backend
 from lbproxy.config import Config
+from lbproxy.control.admin import AdminRoutes
+from lbproxy.control.events import EventLog
+from lbproxy.control.health import HealthMonitor
+from lbproxy.control.pool import Pool
+from lbproxy.control.reconcile import Reconciler
 from lbproxy.errors import failure_body
-from lbproxy.events import EventLog
-from lbproxy.health import HealthMonitor
-from lbproxy.pool import Pool
-from lbproxy.proxy import ProxyStats
-from lbproxy.reconcile import Reconciler
+from lbproxy.frontend.relay import ProxyStats
 from lbproxy.ring import make_family
+from lbproxy.views import dashboard, metrics, openapi
 
 log = logging.getLogger(__name__)
 

@@ -163,7 +163,7 @@ class ComposeStack:
 
     def replicas(self, *, all_states: bool = False) -> dict[str, str]:
         """name -> container id of this pool's replicas, as the engine lists them."""
-        args = ["docker", "ps", "--no-trunc", "--filter", f"label=lbproxy.pool={self.pool}"]
+        args = ["docker", "ps", "--no-trunc", "--filter", f"label=lbproxy.control.pool={self.pool}"]
         if all_states:
             args.append("-a")
         out = subprocess.run(

@@ -18,11 +18,11 @@ import tempfile
 
 from aiohttp import web
 
-from lbproxy import dashboard
 from lbproxy.app import BALANCER, Balancer, create_app
 from lbproxy.backends import ReplicaBackend
 from lbproxy.config import Config
-from lbproxy.proxy import Frontend
+from lbproxy.frontend.relay import Frontend
+from lbproxy.views import dashboard
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from lbproxy.pool import ReplicaState
+from lbproxy.control.pool import ReplicaState
 from tests.conftest import BalancerUnderTest, wait_for
 
 

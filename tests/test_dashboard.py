@@ -34,13 +34,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lbproxy import dashboard
 from lbproxy.app import BALANCER, create_app
 from lbproxy.backends import ReplicaBackend
 from lbproxy.backends.process import free_loopback_port
 from lbproxy.config import Config, HealthConfig, ProxyConfig
-from lbproxy.dashboard import DASHBOARD, DashboardHub
 from lbproxy.server import BalancerServer
+from lbproxy.views import dashboard
+from lbproxy.views.dashboard import DASHBOARD, DashboardHub
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
 
 PAGE = "/lbproxy/dashboard"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lbproxy.backends.base import ReplicaHandle
-from lbproxy.pool import Pool, ReplicaState
+from lbproxy.control.pool import Pool, ReplicaState
 from lbproxy.ring import make_family
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from lbproxy.config import ProxyConfig
-from lbproxy.pool import ReplicaState
+from lbproxy.control.pool import ReplicaState
 from tests.conftest import BalancerUnderTest, wait_for
 
 

@@ -389,7 +389,8 @@ def render(analysis: Analysis, made: dict[str, Path]) -> str:
             add(
                 f"The {removed - died:,.0f} ms from detection to `removed_from_ring` is the "
                 "balancer rebuilding its ring: the event is logged once the new ring is in place "
-                "(`Pool.mark_down` in `lbproxy/pool.py`), and the rebuild runs synchronously on "
+                "(`Pool.mark_down` in `lbproxy/control/pool.py`), and the rebuild runs "
+                "synchronously on "
                 f"the event loop (for `{k.family}` a pure-Python build of the whole table), so "
                 "the proxy answers nothing meanwhile; the same happens again at `up`. Both show "
                 "as latency spikes in the bottom panel of the chart.\n"

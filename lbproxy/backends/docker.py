@@ -30,7 +30,7 @@ from lbproxy.errors import BackendError, Conflict, LbproxyError
 
 log = logging.getLogger(__name__)
 
-LABEL_POOL = "lbproxy.pool"
+LABEL_POOL = "lbproxy.control.pool"
 LABEL_ROLE = "lbproxy.role"
 LABEL_REPLICA = "lbproxy.replica"
 LABEL_RING_ID = "lbproxy.ring-id"

@@ -21,8 +21,8 @@ from prometheus_client.core import (
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from lbproxy.pool import ReplicaState
-from lbproxy.proxy import LATENCY_BUCKETS
+from lbproxy.control.pool import ReplicaState
+from lbproxy.frontend.relay import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from lbproxy.app import Balancer

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import aiohttp
 
 from lbproxy.config import HealthConfig
-from lbproxy.pool import Pool, Replica, ReplicaState
+from lbproxy.control.pool import Pool, Replica, ReplicaState
 
 log = logging.getLogger(__name__)
 

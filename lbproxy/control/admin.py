@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from lbproxy.config import MAX_CHANGE_PER_CALL
+from lbproxy.control.pool import Pool
+from lbproxy.control.reconcile import Reconciler
 from lbproxy.errors import BadRequest, LbproxyError, Unauthorized, failure_body
-from lbproxy.pool import Pool
-from lbproxy.reconcile import Reconciler
 
 #: Bodies of admin calls are tiny; anything bigger is a mistake or an attack.
 MAX_ADMIN_BODY = 64 * 1024

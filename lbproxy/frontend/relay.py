@@ -28,9 +28,9 @@ from typing import cast
 import httptools
 
 from lbproxy.config import ProxyConfig
+from lbproxy.control.pool import Pool, Replica
 from lbproxy.errors import EmptyRingError, failure_body
-from lbproxy.pool import Pool, Replica
-from lbproxy.upstream import UpstreamConnection, UpstreamPool
+from lbproxy.frontend.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
 

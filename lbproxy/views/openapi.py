@@ -21,7 +21,8 @@ __all__ = ["OPENAPI", "OPENAPI_PATH", "document", "openapi_handler", "register"]
 OPENAPI_PATH = "/lbproxy/openapi.json"
 
 _JSON = "application/json"
-_MAX_ADMIN_BODY = 64 * 1024  # lbproxy.admin.MAX_ADMIN_BODY (not imported: admin is not ours)
+# lbproxy.control.admin.MAX_ADMIN_BODY (not imported: admin is not ours)
+_MAX_ADMIN_BODY = 64 * 1024
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from lbproxy.control.events import Event
+from lbproxy.control.pool import ReplicaState
 from lbproxy.errors import failure_body
-from lbproxy.events import Event
-from lbproxy.pool import ReplicaState
 
 if TYPE_CHECKING:
     from lbproxy.app import Balancer

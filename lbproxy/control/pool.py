@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from lbproxy.backends.base import ReplicaHandle
+from lbproxy.control.events import EventLog
 from lbproxy.errors import EmptyRingError
-from lbproxy.events import EventLog
 from lbproxy.ring import Ring, RingFamily
 
 #: Rings kept for reuse; each Maglev table is about 1 MB.

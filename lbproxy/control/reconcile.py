@@ -17,9 +17,9 @@ import aiohttp
 
 from lbproxy.backends.base import BackendEvent, ReplicaBackend, ReplicaHandle
 from lbproxy.config import MAX_POOL_SIZE, Config
+from lbproxy.control.health import wait_ready
+from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
-from lbproxy.health import wait_ready
-from lbproxy.pool import Pool, Replica, ReplicaState
 
 log = logging.getLogger(__name__)
 
