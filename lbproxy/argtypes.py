@@ -31,3 +31,13 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
     return value
+
+
+def key_source(text: str) -> str:
+    """A ``--key`` value, normalised (``header:x-request-id``); one sentence if it is bad."""
+    from lbproxy.frontend.routing_key import parse_key
+
+    try:
+        return str(parse_key(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
