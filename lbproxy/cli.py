@@ -21,7 +21,7 @@ from lbproxy.argtypes import (
     positive_float,
     positive_int,
 )
-from lbproxy.config import Config, DockerConfig, HealthConfig, ProxyConfig
+from lbproxy.config import AutoscaleConfig, Config, DockerConfig, HealthConfig, ProxyConfig
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
 
 ENV_PREFIX = "LBPROXY_"
@@ -50,6 +50,84 @@ class _EnvParser(argparse.ArgumentParser):
                 self.error(f"{env}={raw!r}: choose from {', '.join(map(str, choices))}")
         shown = "set" if secret and default else ("unset" if secret else "default %(default)s")
         self.add_argument(flag, default=default, help=f"{help} [env {env}; {shown}]", **kwargs)
+
+
+def autoscale_bounds(text: str) -> tuple[int, int]:
+    """``--autoscale MIN:MAX``."""
+    from lbproxy.control.autoscale import parse_bounds
+
+    try:
+        return parse_bounds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_autoscale(p: _EnvParser) -> None:
+    a = AutoscaleConfig()
+    p.env_option(
+        "--autoscale",
+        type=autoscale_bounds,
+        help="scale the pool between MIN and MAX replicas from its in-flight requests, "
+        "e.g. 1:10; MIN 0 scales to zero when idle (off when unset)",
+        metavar="MIN:MAX",
+    )
+    p.env_option(
+        "--target-concurrency",
+        type=positive_float,
+        default=a.target,
+        help="autoscale: desired in-flight requests per replica",
+    )
+    p.env_option(
+        "--autoscale-tick", type=positive_float, default=a.tick, help="seconds between decisions"
+    )
+    p.env_option(
+        "--autoscale-stable-window",
+        type=positive_float,
+        default=a.stable_window,
+        help="seconds of in-flight samples a normal decision averages",
+    )
+    p.env_option(
+        "--autoscale-panic-window",
+        type=positive_float,
+        default=a.panic_window,
+        help="seconds of in-flight samples the panic check averages",
+    )
+    p.env_option(
+        "--autoscale-panic-threshold",
+        type=positive_float,
+        default=a.panic_threshold,
+        help="panic when the panic window asks for this many times the ready replicas",
+    )
+    p.env_option(
+        "--autoscale-max-scale-up-rate",
+        type=positive_float,
+        default=a.max_scale_up_rate,
+        help="at most this many times the ready replicas after one decision",
+    )
+    p.env_option(
+        "--autoscale-max-scale-down-rate",
+        type=positive_float,
+        default=a.max_scale_down_rate,
+        help="at least 1/this of the replicas remain after one decision",
+    )
+    p.env_option(
+        "--autoscale-scale-down-delay",
+        type=non_negative_float,
+        default=a.scale_down_delay,
+        help="seconds of lower recommendations before the pool shrinks (stabilisation)",
+    )
+    p.env_option(
+        "--autoscale-hold-timeout",
+        type=positive_float,
+        default=a.hold_timeout,
+        help="scale to zero: seconds a request waits for a replica to start (503 beyond)",
+    )
+    p.env_option(
+        "--autoscale-hold-queue",
+        type=positive_int,
+        default=a.hold_queue,
+        help="scale to zero: requests that may wait for a replica at once (503 beyond)",
+    )
 
 
 def _add_serve(sub: Any) -> None:
@@ -206,6 +284,7 @@ def _add_serve(sub: Any) -> None:
     p.env_option(
         "--docker-url", help="Docker engine URL (default: DOCKER_HOST or the local socket)"
     )
+    _add_autoscale(p)
     p.env_option("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     p.env_option(
         "--log-level",
@@ -256,6 +335,30 @@ def config_from_args(args: argparse.Namespace) -> Config:
             cpus=args.docker_cpus,
             docker_url=args.docker_url,
         ),
+        autoscale=_autoscale_config(args),
+    )
+
+
+def _autoscale_config(args: argparse.Namespace) -> AutoscaleConfig:
+    """ValueError (a sentence) when the windows or bounds contradict each other."""
+    bounds: tuple[int, int] | None = args.autoscale
+    d = AutoscaleConfig()
+    low, high = bounds if bounds is not None else (d.min_replicas, d.max_replicas)
+    return AutoscaleConfig(
+        enabled=bounds is not None,
+        min_replicas=low,
+        max_replicas=high,
+        target=args.target_concurrency,
+        tick=args.autoscale_tick,
+        sample_interval=min(d.sample_interval, args.autoscale_tick),
+        stable_window=args.autoscale_stable_window,
+        panic_window=args.autoscale_panic_window,
+        panic_threshold=args.autoscale_panic_threshold,
+        max_scale_up_rate=args.autoscale_max_scale_up_rate,
+        max_scale_down_rate=args.autoscale_max_scale_down_rate,
+        scale_down_delay=args.autoscale_scale_down_delay,
+        hold_timeout=args.autoscale_hold_timeout,
+        hold_queue=args.autoscale_hold_queue,
     )
 
 
@@ -280,7 +383,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        logging.getLogger("lbproxy").error("bad settings: %s", exc)
+        return 2
     loop = new_event_loop(args.loop)
     asyncio.set_event_loop(loop)
     try:

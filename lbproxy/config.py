@@ -67,6 +67,60 @@ class DockerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoscaleConfig:
+    """The autoscaler (control/autoscale.py): KPA's model, its windows scaled to one machine.
+
+    Knative's defaults are a 60 s stable window, a 6 s panic window, a 2 s tick and a
+    200% panic threshold, tuned for clusters where a pod takes seconds to schedule. A
+    process replica here is up in about 0.4 s and a container in about 1.2 s, so the
+    windows are shortened (20 s / 2 s, 1 s tick) to react within one tick of a load step
+    while the stable window still smooths a single burst away. Off unless ``enabled``.
+    """
+
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 10
+    #: Desired in-flight requests per replica (KPA's "concurrency" metric).
+    target: float = 10.0
+    #: Seconds between decisions.
+    tick: float = 1.0
+    #: In-flight is sampled this often; the windows average the samples.
+    sample_interval: float = 0.05
+    stable_window: float = 20.0
+    panic_window: float = 2.0
+    #: Panic (follow the panic window, never scale down) when it asks for this many times
+    #: the ready replicas.
+    panic_threshold: float = 2.0
+    #: At most ``ceil(rate * ready)`` replicas after one decision (ready 0 counts as 1).
+    max_scale_up_rate: float = 10.0
+    #: At least ``floor(ready / rate)`` replicas after one decision.
+    max_scale_down_rate: float = 2.0
+    #: A scale-down follows the highest recommendation of this many seconds (HPA's
+    #: stabilisation window): one quiet moment does not shrink the pool.
+    scale_down_delay: float = 10.0
+    #: Scale to zero (min 0): requests arriving at an empty pool wait this long at most for a
+    #: replica to start, and at most this many wait; 503 beyond either.
+    hold_timeout: float = 10.0
+    hold_queue: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
+            raise ValueError(
+                f"autoscale bounds must satisfy 0 <= MIN <= MAX and MAX >= 1, "
+                f"got {self.min_replicas}:{self.max_replicas}"
+            )
+        if self.panic_window > self.stable_window:
+            raise ValueError(
+                f"the panic window ({self.panic_window:g}s) must not be longer than the "
+                f"stable window ({self.stable_window:g}s)"
+            )
+        if self.sample_interval > self.tick:
+            raise ValueError("the sample interval must not be longer than the tick")
+        if self.max_scale_up_rate <= 1 or self.max_scale_down_rate <= 1:
+            raise ValueError("scale-up and scale-down rates must be greater than 1")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The balancer's whole configuration."""
 
@@ -87,6 +141,7 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (tests use this to shrink intervals)."""

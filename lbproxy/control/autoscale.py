@@ -1,0 +1,244 @@
+"""The autoscaler: the pool's size follows the in-flight requests the balancer already sees.
+
+Modelled on Knative's KPA (the metric is concurrency: in-flight requests per replica),
+because lbproxy sits in the request path exactly like Knative's activator and can read the
+signal without a metrics pipeline. ``Decider`` is the pure core (time is passed in, no I/O):
+
+- In-flight is sampled every ``sample_interval`` and averaged over two windows: the
+  *stable* window (smooths bursts away) and the short *panic* window.
+- Each ``tick`` recommends ``ceil(average / target)`` replicas from the stable window.
+  When the panic window alone asks for ``panic_threshold`` times the ready replicas, the
+  decider *panics*: it follows the panic window and never scales down, until a whole stable
+  window passes without a panic condition (KPA's rule).
+- A change must clear a 10% band around the current size (the HPA's tolerance), and a
+  scale-down follows the highest recommendation of the last ``scale_down_delay`` seconds, so a
+  constant load near a boundary does not flap.
+- Rate limits: at most ``ceil(max_scale_up_rate * ready)`` and at least
+  ``floor(actual / max_scale_down_rate)`` replicas after one decision.
+- With ``min_replicas`` 0, a pool that saw no request at all for the stable window goes
+  to zero at once (the idle stable window is its own stabilisation).
+- An operator's ``/add`` or ``/rm`` (``manual``) becomes the current size: for one
+  ``scale_down_delay`` the decider neither scales that pool down nor pulls it back into
+  [min, max]; a load that needs more replicas still scales it up (to at most max).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from lbproxy.config import AutoscaleConfig
+
+#: The HPA's 10% tolerance, both ways: the pool grows only for more than 110% of its
+#: target and shrinks only when the smaller pool would still run below 90% of it.
+TOLERANCE = 0.1
+_EPS = 1e-9
+
+
+def _ceil(x: float) -> int:
+    """``ceil`` that does not turn 3.0000000000000004 into 4."""
+    return max(0, math.ceil(x - _EPS))
+
+
+def parse_bounds(text: str) -> tuple[int, int]:
+    """``MIN:MAX`` (``--autoscale``) into two integers; ValueError with a reason otherwise."""
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise ValueError(f"expected MIN:MAX such as 1:10, got {text!r}")
+    try:
+        low, high = int(parts[0]), int(parts[1])
+    except ValueError:
+        raise ValueError(f"MIN and MAX must be integers, got {text!r}") from None
+    if low < 0:
+        raise ValueError(f"MIN must not be negative, got {low}")
+    if high < 1:
+        raise ValueError(f"MAX must be at least 1, got {high}")
+    if low > high:
+        raise ValueError(f"MIN ({low}) is larger than MAX ({high})")
+    return low, high
+
+
+class Window:
+    """Samples of one value over the last ``span`` seconds; the mean is the time average.
+
+    Samples come at a fixed interval, so their plain mean is the time-weighted mean. A
+    running sum keeps ``mean`` O(1) per tick.
+    """
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self._samples: deque[tuple[float, float]] = deque()
+        self._sum = 0.0
+
+    def add(self, now: float, value: float) -> None:
+        self._samples.append((now, value))
+        self._sum += value
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        samples = self._samples
+        while samples and samples[0][0] <= now - self.span:
+            self._sum -= samples.popleft()[1]
+
+    def mean(self, now: float) -> float:
+        self._trim(now)
+        if not self._samples:
+            return 0.0
+        return max(0.0, self._sum / len(self._samples))
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One tick's outcome: what the pool should be and what was seen."""
+
+    time: float
+    desired: int
+    actual: int  # members of the pool (starting, up, down awaiting replacement)
+    ready: int  # members on the ring
+    stable: float  # mean in-flight requests over the stable window (whole pool)
+    panic: float  # the same over the panic window
+    panicking: bool
+    reason: str  # load, panic, idle, bounds, manual hold, rate limit
+
+    @property
+    def per_replica(self) -> float:
+        """Observed concurrency per ready replica (stable window)."""
+        return self.stable / self.ready if self.ready else self.stable
+
+    def detail(self) -> str:
+        """The event text: ``key=value`` pairs, readable and easy to parse."""
+        return (
+            f"desired={self.desired} actual={self.actual} ready={self.ready} "
+            f"concurrency={self.stable:.2f} panic_concurrency={self.panic:.2f} "
+            f"per_replica={self.per_replica:.2f} mode={'panic' if self.panicking else 'stable'} "
+            f"reason={self.reason.replace(' ', '_')}"
+        )
+
+
+class Decider:
+    """KPA-like scaling decisions from sampled in-flight counts; pure, time passed in."""
+
+    def __init__(self, config: AutoscaleConfig, now: float) -> None:
+        self.config = config
+        self._stable = Window(config.stable_window)
+        self._panic = Window(config.panic_window)
+        self._recs: deque[tuple[float, int]] = deque()
+        self._panic_since: float | None = None
+        self._panic_max = 0
+        self._requests = -1
+        self._last_activity = now
+        self._manual_until = -math.inf
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def observe(self, now: float, in_flight: float, requests: int) -> None:
+        """One sample: requests in flight now and the cumulative count of requests seen.
+
+        The counter makes idleness exact: a 1 ms request between two samples is never seen
+        in flight, but it moves the counter, and it is traffic.
+        """
+        if in_flight > 0 or requests != self._requests:
+            self._last_activity = now
+        self._requests = requests
+        self._stable.add(now, in_flight)
+        self._panic.add(now, in_flight)
+
+    def manual(self, now: float) -> None:
+        """An operator changed the pool: hold that size for one scale-down delay."""
+        self._manual_until = now + self.config.scale_down_delay
+        self._recs.clear()
+
+    def activity(self, now: float) -> None:
+        """Demand seen outside the samples (a request held at an empty pool)."""
+        self._last_activity = now
+
+    # -- the decision --------------------------------------------------------------------------
+
+    def idle_for(self, now: float) -> float:
+        return now - self._last_activity
+
+    @staticmethod
+    def _banded(raw: float, actual: int) -> int:
+        """``ceil(raw)`` replicas, unless ``raw`` is within the tolerance band of ``actual``.
+
+        Growing needs more than 10% over the current size, shrinking must leave the smaller
+        pool under 90% of its target: noise around a boundary moves nothing.
+        """
+        want = _ceil(raw)
+        if actual > 0 and want > actual and raw <= actual * (1 + TOLERANCE):
+            return actual
+        if want < actual:
+            return min(actual, _ceil(raw / (1 - TOLERANCE)))
+        return want
+
+    def decide(self, now: float, actual: int, ready: int) -> Decision:
+        c = self.config
+        stable = self._stable.mean(now)
+        panic = self._panic.mean(now)
+        want_stable = self._banded(stable / c.target, actual)
+        want_panic = self._banded(panic / c.target, actual)
+
+        # Panic: the short window alone asks for panic_threshold x the ready pool (the raw
+        # ratio, as KPA: a rounded one would panic a single replica at 1.01x its target).
+        if (ready > 0 and panic / c.target >= c.panic_threshold * ready) or (
+            ready == 0 and panic > 0
+        ):
+            if self._panic_since is None:
+                self._panic_max = 0
+            self._panic_since = now
+        elif self._panic_since is not None and now - self._panic_since >= c.stable_window:
+            self._panic_since = None
+            self._panic_max = 0
+        panicking = self._panic_since is not None
+
+        reason = "load"
+        if panicking:
+            self._panic_max = max(self._panic_max, want_panic, want_stable, actual)
+            rec = self._panic_max  # never scale down while panicking
+            reason = "panic"
+        else:
+            rec = want_stable
+
+        # Rate limits, relative to what serves now.
+        up_limit = _ceil(c.max_scale_up_rate * max(ready, 1))
+        down_limit = int(actual // c.max_scale_down_rate)
+        limited = min(max(rec, down_limit), max(up_limit, actual))
+        if limited != rec:
+            reason = "rate limit"
+        rec = limited
+
+        # Scale-down stabilisation: follow the highest recommendation of the delay window.
+        self._recs.append((now, rec))
+        while self._recs and self._recs[0][0] <= now - c.scale_down_delay:
+            self._recs.popleft()
+        held = max(r for _, r in self._recs)
+        if held > rec:
+            reason = "scale-down delay"
+        rec = held
+
+        if self.idle_for(now) >= c.stable_window and not panicking:
+            rec = 0  # nothing at all for a stable window: no delay beyond that
+            reason = "idle"
+        elif rec == 0:
+            rec = 1  # traffic too short to be sampled in flight is still traffic
+
+        if now < self._manual_until:
+            # Only what the load needs now (the panic window) overrides an operator's size.
+            desired = max(actual, min(want_panic, c.max_replicas))
+            if desired == actual and rec != actual:
+                reason = "manual hold"
+            elif desired > actual:
+                reason = "panic" if panicking else "load"
+        else:
+            desired = min(max(rec, c.min_replicas), c.max_replicas)
+            if desired != rec and reason != "idle":
+                reason = "bounds"
+        if desired < actual:
+            # The next scale-down needs a whole delay window of its own: the history was
+            # recommended for the larger pool.
+            self._recs = deque([(now, desired)])
+        return Decision(now, desired, actual, ready, stable, panic, panicking, reason)

@@ -1,0 +1,268 @@
+"""The autoscaler's decision core (control/autoscale.py): KPA's rules on simulated time.
+
+No clock, no sockets: a small simulation feeds the decider in-flight samples every 50 ms
+and a decision every tick, and the pool it drives follows its decisions at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lbproxy.cli import build_parser, config_from_args
+from lbproxy.config import AutoscaleConfig, Config
+from lbproxy.control.autoscale import Decider, Decision, parse_bounds
+
+pytestmark = pytest.mark.unit
+
+BASE = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=20, target=10.0)
+
+
+class Sim:
+    """A pool that becomes whatever the decider asks for (ready at once, unless told)."""
+
+    def __init__(self, config: AutoscaleConfig = BASE, size: int = 1) -> None:
+        self.config = config
+        self.now = 0.0
+        self.size = self.initial = size
+        self.decider = Decider(config, self.now)
+        self.requests = 0
+        self.decisions: list[Decision] = []
+
+    def run(self, seconds: float, load: Callable[[float], float]) -> None:
+        """``load(t)`` in-flight requests at time t (the whole pool's)."""
+        c = self.config
+        steps_per_tick = round(c.tick / c.sample_interval)
+        for _ in range(round(seconds / c.tick)):
+            for _ in range(steps_per_tick):
+                self.now += c.sample_interval
+                value = load(self.now)
+                if value > 0:
+                    self.requests += 1
+                self.decider.observe(self.now, value, self.requests)
+            decision = self.decider.decide(self.now, self.size, self.size)
+            self.decisions.append(decision)
+            self.size = decision.desired
+
+    def changes(self) -> list[tuple[float, int]]:
+        out: list[tuple[float, int]] = []
+        previous = self.initial
+        for d in self.decisions:
+            if d.desired != previous:
+                out.append((d.time, d.desired))
+            previous = d.desired
+        return out
+
+
+def constant(value: float) -> Callable[[float], float]:
+    return lambda t: value
+
+
+def test_constant_load_settles_on_ceil_of_load_over_target() -> None:
+    sim = Sim(size=1)
+    sim.run(60, constant(42.0))
+    assert sim.size == 5  # ceil(42 / 10)
+    assert len(sim.changes()) == 1
+
+
+def test_step_up_is_answered_at_the_first_tick_after_the_step() -> None:
+    sim = Sim(size=2)
+    sim.run(30, constant(15.0))
+    assert sim.size == 2
+    step_at = sim.now
+    sim.run(10, lambda t: 15.0 if t <= step_at else 150.0)
+    first_up = next(d for d in sim.decisions if d.time > step_at and d.desired > 2)
+    assert first_up.time - step_at <= BASE.tick + 1e-9
+    assert first_up.panicking  # the panic window saw it, the stable window barely did
+    assert sim.size == 15
+
+
+def test_panic_never_scales_down_and_ends_after_a_calm_stable_window() -> None:
+    sim = Sim(size=2)
+    sim.run(20, constant(15.0))
+    start = sim.now
+    # A 3 s spike of 10x, then back to the old load.
+    sim.run(60, lambda t: 150.0 if t - start <= 3 else 15.0)
+    spike = [d for d in sim.decisions if d.time > start]
+    in_panic = [d for d in spike if d.panicking]
+    assert in_panic and max(d.desired for d in in_panic) == 15
+    sizes = [d.desired for d in in_panic]
+    assert sizes == sorted(sizes)  # monotone while panicking
+    calm = next(d for d in spike if not d.panicking)
+    assert calm.time - start >= BASE.stable_window
+    assert sim.size == 2  # back where the load says
+
+
+def test_scale_down_waits_for_the_delay_and_halves_at_most_per_tick() -> None:
+    sim = Sim(size=1)
+    sim.run(30, constant(160.0))
+    assert sim.size == 16
+    drop = sim.now
+    sim.run(90, constant(8.0))
+    after = [d for d in sim.decisions if d.time > drop]
+    sizes = [16] + [d.desired for d in after]
+    for before, now in itertools.pairwise(sizes):
+        assert now >= math.floor(before / BASE.max_scale_down_rate)
+    first_down = next(d for d in after if d.desired < 16)
+    # The stable window needs time to fall, and then the delay holds the old high value.
+    assert first_down.time - drop > BASE.scale_down_delay
+    assert sim.size == 1
+
+
+def test_scale_up_rate_limit() -> None:
+    config = AutoscaleConfig(enabled=True, max_replicas=100, target=1.0, max_scale_up_rate=2.0)
+    sim = Sim(config, size=1)
+    sim.run(1, constant(50.0))
+    assert sim.size == 2
+    sim.run(1, constant(50.0))
+    assert sim.size == 4
+
+
+@given(
+    load=st.floats(min_value=0.5, max_value=190.0),
+    start=st.integers(min_value=1, max_value=20),
+    noise=st.floats(min_value=0.0, max_value=2.0),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_no_flapping_under_constant_noisy_load(
+    load: float, start: int, noise: float, seed: int
+) -> None:
+    """Any constant mean load, any start: at most one change per stabilisation window."""
+    # A start further away than one rate-limited step takes several steps by design.
+    load = min(load, start * BASE.max_scale_up_rate * BASE.target * 0.9)
+    rng = random.Random(seed)
+    sim = Sim(size=start)
+    sim.run(120, lambda t: max(0.0, rng.gauss(load, noise * math.sqrt(load))))
+    times = [t for t, _ in sim.changes()]
+    for a, b in itertools.pairwise(times):
+        assert b - a >= BASE.scale_down_delay - 1e-9, sim.changes()
+    # ...and it ends where the load says (within the scale-down tolerance band).
+    assert math.ceil(load / BASE.target * 0.8) <= sim.size <= max(1, math.ceil(load / 9.0) + 1)
+
+
+def test_scale_to_zero_after_an_idle_stable_window_and_back() -> None:
+    config = AutoscaleConfig(enabled=True, min_replicas=0, max_replicas=5, target=10.0)
+    sim = Sim(config, size=2)
+    sim.run(10, constant(12.0))
+    assert sim.size == 2
+    quiet = sim.now
+    sim.run(40, constant(0.0))
+    zero = next(d for d in sim.decisions if d.desired == 0)
+    assert zero.reason == "idle"
+    assert zero.time - quiet >= config.stable_window
+    assert zero.time - quiet <= config.stable_window + config.tick
+    # One held request at an empty pool (the runtime samples it as in flight): up at once.
+    sim.run(1, constant(1.0))
+    assert sim.size == 1
+    assert sim.decisions[-1].reason == "panic"
+
+
+def test_idle_pool_with_min_one_keeps_one() -> None:
+    sim = Sim(size=3)
+    sim.run(60, constant(0.0))
+    assert sim.size == 1
+
+
+def test_short_requests_between_samples_are_traffic() -> None:
+    """Never seen in flight, but the request counter moves: not idle, not zero."""
+    config = AutoscaleConfig(enabled=True, min_replicas=0, max_replicas=5)
+    decider = Decider(config, 0.0)
+    for i in range(1, 1000):
+        decider.observe(i * 0.05, 0.0, i)
+    assert decider.decide(50.0, 1, 1).desired == 1
+
+
+def test_manual_add_is_held_for_the_delay_then_the_load_wins() -> None:
+    sim = Sim(size=2)
+    sim.run(20, constant(15.0))
+    sim.size = 8  # an operator's /add of 6
+    sim.decider.manual(sim.now)
+    added = sim.now
+    sim.run(BASE.scale_down_delay - BASE.tick, constant(15.0))
+    assert all(d.desired == 8 for d in sim.decisions if d.time > added)
+    assert sim.decisions[-1].reason == "manual hold"
+    sim.run(40, constant(15.0))
+    assert sim.size == 2
+
+
+def test_manual_change_outside_the_bounds_is_honoured_for_the_delay() -> None:
+    config = AutoscaleConfig(enabled=True, min_replicas=2, max_replicas=4)
+    sim = Sim(config, size=2)
+    sim.run(5, constant(5.0))
+    sim.run(3, constant(0.0))
+    sim.size = 0  # /rm of both
+    sim.decider.manual(sim.now)
+    sim.run(BASE.scale_down_delay - BASE.tick, constant(0.0))
+    assert sim.size == 0
+    sim.run(2 * BASE.tick, constant(0.0))
+    assert sim.size == 2  # back at MIN once the hold ends
+    sim.size = 9  # /add beyond MAX
+    sim.decider.manual(sim.now)
+    sim.run(BASE.scale_down_delay - BASE.tick, constant(5.0))
+    assert sim.size == 9
+    sim.run(30, constant(5.0))
+    assert sim.size == 2
+
+
+def test_load_scales_up_during_a_manual_hold_but_not_past_max() -> None:
+    config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=6)
+    sim = Sim(config, size=1)
+    sim.decider.manual(sim.now)
+    sim.run(3, constant(200.0))
+    assert sim.size == 6
+
+
+def test_bounds_hold_in_panic() -> None:
+    config = AutoscaleConfig(enabled=True, min_replicas=2, max_replicas=3)
+    sim = Sim(config, size=2)
+    sim.run(5, constant(1000.0))
+    assert sim.size == 3
+    assert all(2 <= d.desired <= 3 for d in sim.decisions)
+
+
+@pytest.mark.parametrize(("text", "bounds"), [("1:10", (1, 10)), ("0:1", (0, 1)), ("3:3", (3, 3))])
+def test_parse_bounds(text: str, bounds: tuple[int, int]) -> None:
+    assert parse_bounds(text) == bounds
+
+
+@pytest.mark.parametrize("text", ["", "5", "1:2:3", "a:b", "-1:4", "5:2", "0:0", "1.5:3"])
+def test_parse_bounds_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_bounds(text)
+
+
+def test_off_by_default() -> None:
+    assert not Config().autoscale.enabled
+    config = config_from_args(build_parser().parse_args(["serve"]))
+    assert not config.autoscale.enabled
+
+
+def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LBPROXY_AUTOSCALE", "0:6")
+    monkeypatch.setenv("LBPROXY_AUTOSCALE_TICK", "0.5")
+    args = build_parser().parse_args(["serve", "--target-concurrency", "4"])
+    config = config_from_args(args).autoscale
+    assert (config.enabled, config.min_replicas, config.max_replicas) == (True, 0, 6)
+    assert config.target == 4.0
+    assert config.tick == 0.5
+    assert os.environ["LBPROXY_AUTOSCALE"] == "0:6"
+
+
+def test_contradictory_windows_are_refused() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--autoscale", "1:4", "--autoscale-panic-window", "30"]
+    )
+    with pytest.raises(ValueError, match="panic window"):
+        config_from_args(args)
+
+
+def test_bad_bounds_flag_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--autoscale", "4:1"])
