@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: tools, then the HTTP comparison with a profile, then memory and ring figures.
 #   BENCH_QUICK=1      short runs for a smoke test (about a minute)
+#   BENCH_CONNECTIONS  load points (default 64,500,1500); BENCH_IDLE idle clients (10000)
 #   BENCH_ONLY=http    only the HTTP comparison (+ profile); BENCH_ONLY=memory: only memory
 #   BENCH_PROFILE=0    skip the py-spy profile
 #   BENCH_TAG=name     name the result/profile files (profile-<name>.svg); BENCH_LBPROXY_SRC=dir
@@ -23,7 +24,7 @@ elif [ ! -x "$(dirname "$PY")/py-spy" ] && ! command -v py-spy >/dev/null 2>&1; 
 fi
 
 if [ "$only" = "all" ] || [ "$only" = "http" ]; then
-    "$PY" bench/http_bench.py "${profile[@]}"
+    "$PY" bench/http_bench.py --idle "${profile[@]}"
 fi
 if [ "$only" = "all" ] || [ "$only" = "memory" ]; then
     "$PY" bench/memory.py

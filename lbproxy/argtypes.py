@@ -33,11 +33,11 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def key_source(text: str) -> str:
-    """A ``--key`` value, normalised (``header:x-request-id``); one sentence if it is bad."""
-    from lbproxy.frontend.routing_key import parse_key
-
-    try:
-        return str(parse_key(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+def boolean(text: str) -> bool:
+    """On/off switches that also come from the environment (``LBPROXY_X=1``)."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on/off (1/0, true/false), got {text!r}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lbproxy.argtypes import (
-    key_source,
+    boolean,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -222,12 +222,12 @@ def _add_serve(sub: Any) -> None:
         help="cap each replica at this factor times the mean in-flight load, e.g. 1.25 (0: off)",
     )
     p.env_option(
-        "--key",
-        type=key_source,
-        default=x.key,
-        help="where the routing key comes from: header:NAME, query:NAME, cookie:NAME, "
-        "client-ip or path; when absent, the X-Request-ID or a random 6-digit id "
-        "(the assignment's behaviour)",
+        "--phase-timings",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=x.phase_timings,
+        help="histograms of where requests wait (head, acquire, upstream, ...) in the metrics",
     )
     p.env_option(
         "--admin-token",
@@ -322,7 +322,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             idle_timeout=args.idle_timeout,
             eject_after=args.eject_after,
             bounded_load=args.bounded_load,
-            key=args.key,
+            phase_timings=args.phase_timings,
         ),
         admin_token=args.admin_token or None,
         admin_host=args.admin_host,

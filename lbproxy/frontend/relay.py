@@ -30,7 +30,16 @@ import httptools
 from lbproxy.config import ProxyConfig
 from lbproxy.control.pool import Pool, Replica
 from lbproxy.errors import EmptyRingError, failure_body
-from lbproxy.frontend.routing_key import parse_key
+from lbproxy.frontend.phases import (
+    LOOP_LAG,
+    M_ACQUIRED,
+    M_BEGIN,
+    M_DONE,
+    M_HEAD,
+    M_RESPONSE,
+    M_STARTED,
+    PhaseStats,
+)
 from lbproxy.frontend.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -118,6 +127,8 @@ class ProxyStats:
     client_errors: dict[int, int] = field(default_factory=dict)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    #: Per-phase histograms (``--phase-timings``); None when off.
+    phases: PhaseStats | None = None
 
     def error(self, kind: str) -> None:
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
@@ -137,12 +148,14 @@ class Frontend:
         self.config = config
         self.control_key = control_key
         self.stats = stats
-        self.key = parse_key(config.key)
         self.upstreams = UpstreamPool()
         self.clients: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
         self.in_flight = 0
         self._sweeper: asyncio.Task[None] | None = None
+        if config.phase_timings and stats.phases is None:
+            stats.phases = PhaseStats()
+        self.phases = stats.phases
 
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
@@ -154,8 +167,11 @@ class Frontend:
         """One timer for every timeout: cheaper than a timer handle per request."""
         config = self.config
         while True:
+            due = self.loop.time() + 0.25
             await asyncio.sleep(0.25)
             now = self.loop.time()
+            if self.phases is not None:
+                self.phases.observe(LOOP_LAG, now - due)
             for client in list(self.clients):
                 client.check_timeouts(now, config)
 
@@ -197,8 +213,8 @@ class Exchange:
         "head",
         "headers",
         "keep_alive",
-        "key",
         "last_activity",
+        "marks",
         "method",
         "out",
         "path",
@@ -232,7 +248,6 @@ class Exchange:
         self.has_host = False
         self.conn_tokens: frozenset[bytes] = frozenset()
         self.request_id = b""
-        self.key: str | None = None
         self.method = b""
         self.path = b""
         self.keep_alive = True
@@ -258,6 +273,11 @@ class Exchange:
         self.dead = False
         self.start = 0.0
         self.last_activity = 0.0
+        #: Phase marks (loop times) when --phase-timings is on; see frontend/phases.py.
+        self.marks: list[float] | None = None
+        if self.front.phases is not None:
+            self.marks = [0.0] * 6
+            self.marks[M_BEGIN] = self.front.loop.time()
 
     # -- request side ---------------------------------------------------------------------
 
@@ -276,7 +296,6 @@ class Exchange:
         rid = self.request_id
         if not rid:
             rid = self.request_id = random_request_id().encode()
-        self.key = self.front.key.extract(url, self.headers, self.client.transport)
         lines = [self.method, b" ", url, b" HTTP/1.1\r\n"]
         append = lines.append
         tokens = self.conn_tokens
@@ -336,6 +355,8 @@ class Exchange:
         front.in_flight += 1
         front.stats.requests += 1
         self.start = self.last_activity = front.loop.time()
+        if self.marks is not None:
+            self.marks[M_STARTED] = self.start
         if self.expect_continue:
             self.client.write(_CONTINUE)
         control_key = front.control_key
@@ -346,7 +367,7 @@ class Exchange:
             else:
                 self._connect(control_key)
             return
-        key = self.key or self.request_id.decode("latin-1")  # absent source: the request id
+        key = self.request_id.decode("latin-1")
         bound = front.config.bounded_load
         try:
             if bound:
@@ -415,6 +436,8 @@ class Exchange:
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        if self.marks is not None:
+            self.marks[M_ACQUIRED] = self.front.loop.time()
         self.sent = True
         self.resp_status = 0
         self.resp_headers = []
@@ -458,6 +481,8 @@ class Exchange:
         self.resp_status = status
         self.resp_keep_alive = conn.parser.should_keep_alive()
         self.last_activity = self.front.loop.time()
+        if self.marks is not None:
+            self.marks[M_RESPONSE] = self.last_activity
         if status == 404 and not self.control:
             self.swallow = True
             return
@@ -621,7 +646,12 @@ class Exchange:
                 else:
                     replica.failures = 0
         if not self.control:  # a dashboard stream's lifetime is no request latency
-            front.stats.observe(front.loop.time() - self.start)
+            now = front.loop.time()
+            front.stats.observe(now - self.start)
+            marks = self.marks
+            if marks is not None and front.phases is not None:
+                marks[M_DONE] = now
+                front.phases.observe_marks(marks)
         self.client.exchange_done(self)
 
 
@@ -743,6 +773,8 @@ class ClientConnection(asyncio.Protocol):
         assert cur is not None
         if self.parser.should_upgrade():
             raise _Refuse(501, "protocol upgrades (websocket, CONNECT) are not supported")
+        if cur.marks is not None:
+            cur.marks[M_HEAD] = self.front.loop.time()
         cur.headers_done(self.parser)
         self.queue.append(cur)
         if len(self.queue) == 1:

@@ -8,7 +8,7 @@ path nothing beyond those increments. prometheus-client does the exposition form
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -128,6 +128,16 @@ class BalancerCollector(Collector):
         )
         latency.add_metric([], buckets, sum_value=stats.latency_sum)
         yield latency
+        if stats.phases is not None:
+            phases = HistogramMetricFamily(
+                "lbproxy_phase_seconds",
+                "Where requests wait inside the balancer (--phase-timings; docs/performance.md)",
+                labels=["phase"],
+            )
+            for phase, data in stats.phases.snapshot().items():
+                phase_buckets = cast(list[tuple[str, float]], data["buckets"])
+                phases.add_metric([phase], phase_buckets, sum_value=cast(float, data["sum"]))
+            yield phases
 
 
 def register(app: web.Application, balancer: Balancer) -> None:
