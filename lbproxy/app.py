@@ -21,7 +21,7 @@ from aiohttp import web
 
 from lbproxy.backends import ReplicaBackend, create_backend
 from lbproxy.config import Config
-from lbproxy.control.admin import AdminRoutes
+from lbproxy.control.admin import AdminRoutes, answer_wrong_methods
 from lbproxy.control.events import EventLog
 from lbproxy.control.health import HealthMonitor
 from lbproxy.control.pool import Pool
@@ -119,6 +119,7 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     metrics.register(app, balancer)
     dashboard.register(app, balancer)
     openapi.register(app)
+    answer_wrong_methods(app)
     app.router.add_route("*", "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.extend([_close_sessions, _backend_ctx, _pool_ctx, _health_ctx, _reconcile_ctx])
     return app

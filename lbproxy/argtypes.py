@@ -33,6 +33,16 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def key_source(text: str) -> str:
+    """A ``--key`` value, normalised (``header:x-request-id``); one sentence if it is bad."""
+    from lbproxy.frontend.routing_key import parse_key
+
+    try:
+        return str(parse_key(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def boolean(text: str) -> bool:
     """On/off switches that also come from the environment (``LBPROXY_X=1``)."""
     value = text.strip().lower()

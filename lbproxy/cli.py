@@ -16,6 +16,7 @@ from typing import Any
 
 from lbproxy.argtypes import (
     boolean,
+    key_source,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -222,6 +223,14 @@ def _add_serve(sub: Any) -> None:
         help="cap each replica at this factor times the mean in-flight load, e.g. 1.25 (0: off)",
     )
     p.env_option(
+        "--key",
+        type=key_source,
+        default=x.key,
+        help="where the routing key comes from: header:NAME, query:NAME, cookie:NAME, "
+        "client-ip or path; when absent, the X-Request-ID or a random 6-digit id "
+        "(the assignment's behaviour)",
+    )
+    p.env_option(
         "--phase-timings",
         type=boolean,
         nargs="?",
@@ -322,6 +331,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             idle_timeout=args.idle_timeout,
             eject_after=args.eject_after,
             bounded_load=args.bounded_load,
+            key=args.key,
             phase_timings=args.phase_timings,
         ),
         admin_token=args.admin_token or None,

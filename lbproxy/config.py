@@ -48,6 +48,9 @@ class ProxyConfig:
     #: the mean in-flight load; a key whose owner is full goes to the next replica on the
     #: ring. 0 disables (pure consistent hashing).
     bounded_load: float = 0.0
+    #: Where the routing key comes from (``--key``, see frontend/routing_key.py); when the
+    #: source is absent the request id (X-Request-ID or a random 6-digit id) is the key.
+    key: str = "header:X-Request-ID"
     #: Per-phase latency histograms (head, pipeline, acquire, upstream, relay, loop lag) in
     #: /lbproxy/metrics; off by default because each mark costs a clock read per request.
     phase_timings: bool = False

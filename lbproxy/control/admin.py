@@ -94,6 +94,35 @@ async def _read_change(request: web.Request) -> tuple[int, list[str]]:
     return n, hostnames
 
 
+def answer_wrong_methods(app: web.Application) -> None:
+    """405 with ``Allow`` for a known path asked with a method it does not serve.
+
+    RFC 9110 15.5.6: the origin server MUST send an ``Allow`` field listing the path's
+    methods. Call after every route is registered and before the catch-all route; without
+    this, ``POST /rep`` fell through to the catch-all and read "not an endpoint" (404).
+    """
+    for resource in list(app.router.resources()):
+        if not isinstance(resource, web.Resource):
+            continue
+        methods = sorted({route.method for route in resource if route.method != "*"})
+        if not methods:
+            continue
+        allow = ", ".join(methods)
+        path = resource.canonical
+
+        async def wrong_method(
+            request: web.Request, allow: str = allow, path: str = path
+        ) -> web.Response:
+            response = web.json_response(
+                failure_body(f"method {request.method} is not allowed on '{path}'; use {allow}"),
+                status=405,
+            )
+            response.headers["Allow"] = allow
+            return response
+
+        resource.add_route("*", wrong_method)
+
+
 class AdminRoutes:
     """Handlers bound to one pool and reconciler."""
 

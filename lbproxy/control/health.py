@@ -14,7 +14,7 @@ from collections.abc import Callable
 import aiohttp
 
 from lbproxy.config import HealthConfig
-from lbproxy.control.pool import Pool, Replica, ReplicaState
+from lbproxy.control.pool import Incarnation, Pool, Replica, ReplicaState
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +49,35 @@ class HealthMonitor:
         self.failures = 0
 
     async def check_once(self) -> None:
+        """Probe every watched incarnation once; apply each answer to the one it came from.
+
+        The round captures (member, incarnation) pairs: an answer that arrives after its
+        incarnation died and was replaced is dropped, so with ``fall`` 1 a late miss of the
+        dead process cannot take its healthy replacement off the ring.
+        """
         watched = (ReplicaState.UP, ReplicaState.EJECTED)
-        replicas = [r for r in self._pool.replicas() if r.state in watched]
-        if not replicas:
+        targets: list[tuple[Replica, Incarnation]] = [
+            (r, r.incarnation)
+            for r in self._pool.replicas()
+            if r.state in watched and r.incarnation is not None
+        ]
+        if not targets:
             return
         results = await asyncio.gather(
-            *(probe(self._session, r.url, self._config.timeout) for r in replicas)
+            *(probe(self._session, inc.url, self._config.timeout) for _, inc in targets)
         )
-        for replica, ok in zip(replicas, results, strict=True):
-            if replica.state not in watched:
-                continue  # changed while we waited (removed, died)
+        for (replica, incarnation), ok in zip(targets, results, strict=True):
+            if replica.state not in watched or not self._pool.is_current(replica, incarnation):
+                continue  # removed, died or replaced while we waited: not this one's result
             if ok:
-                replica.fails = 0
+                incarnation.fails = 0
                 if replica.state is ReplicaState.EJECTED:
                     self._pool.readmit(replica)
                 continue
-            replica.fails += 1
+            incarnation.fails += 1
             self.failures += 1
-            if replica.fails >= self._config.fall:
-                reason = f"missed {replica.fails} heartbeats"
+            if incarnation.fails >= self._config.fall:
+                reason = f"missed {incarnation.fails} heartbeats"
                 log.warning("replica %r %s; replacing it", replica.name, reason)
                 self._pool.events.emit("heartbeat_down", replica.name, reason)
                 self._on_down(replica, reason)

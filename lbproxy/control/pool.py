@@ -31,31 +31,63 @@ class ReplicaState(enum.StrEnum):
 
 
 @dataclass(eq=False, slots=True)
+class Incarnation:
+    """One running instance of a member: what a launch made, a probe hit and a death ends.
+
+    Kubernetes keeps a pod (one incarnation) apart from the ReplicaSet's desired count;
+    here the member (``Replica``) is the stable name and ring id, and each replacement is a
+    new ``Incarnation``. Every probe result and death event names the incarnation it came
+    from, so a result that arrives after its incarnation was replaced is dropped instead of
+    counting against the replacement.
+    """
+
+    handle: ReplicaHandle
+    number: int  # 1 for the first incarnation of a name, 2 for its first replacement, ...
+    started: float = field(default_factory=time.time)
+    fails: int = 0  # heartbeats missed in a row by this incarnation
+    dead: bool = False  # the backend reported it gone
+
+    @property
+    def url(self) -> str:
+        return self.handle.url
+
+    @property
+    def backend_id(self) -> str:
+        return self.handle.backend_id
+
+
+@dataclass(eq=False, slots=True)
 class Replica:
-    """One member of the pool, across incarnations: a replacement reuses the object.
+    """One member of the pool: a stable name across incarnations (a replacement reuses it).
 
     ``ring_id`` is the small integer the seed family places by; it is assigned when the name
     joins and kept for as long as the name stays in the pool, so a replacement that keeps the
-    hostname lands on the same slots.
+    hostname lands on the same slots. ``incarnation`` is what runs now; ``served`` and
+    ``failures`` are per-incarnation counters, reset when a new incarnation starts, while
+    ``served_total``, ``by_status`` and ``ejections`` belong to the name.
     """
 
     name: str
     ring_id: int
-    handle: ReplicaHandle | None = None
+    incarnation: Incarnation | None = None
     state: ReplicaState = ReplicaState.STARTING
     since: float = field(default_factory=time.time)
-    fails: int = 0
     in_flight: int = 0
     served: int = 0
     served_total: int = 0
     incarnations: int = 0
     failures: int = 0  # consecutive failed proxied requests (passive outlier detection)
     ejections: int = 0
+    ejected_until: float = 0.0  # monotonic time before which an ejected member stays out
     by_status: dict[int, int] = field(default_factory=dict)
 
     @property
+    def handle(self) -> ReplicaHandle | None:
+        return self.incarnation.handle if self.incarnation is not None else None
+
+    @property
     def url(self) -> str:
-        return self.handle.url if self.handle else ""
+        return self.incarnation.handle.url if self.incarnation is not None else ""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -64,7 +96,7 @@ class Replica:
             "state": self.state.value,
             "since": self.since,
             "url": self.url,
-            "backend_id": self.handle.backend_id if self.handle else None,
+            "backend_id": self.incarnation.backend_id if self.incarnation else None,
             "in_flight": self.in_flight,
             "served": self.served_total,
             "incarnations": self.incarnations,
@@ -192,13 +224,24 @@ class Pool:
 
     # -- health transitions ----------------------------------------------------------------
 
-    def set_handle(self, replica: Replica, handle: ReplicaHandle) -> None:
-        replica.handle = handle
+    def set_handle(self, replica: Replica, handle: ReplicaHandle) -> Incarnation:
+        """``handle`` is ``replica``'s new incarnation (STARTING); its counters start at 0."""
+        replica.incarnations += 1
+        incarnation = Incarnation(handle, replica.incarnations)
+        replica.incarnation = incarnation
         replica.state = ReplicaState.STARTING
         replica.since = time.time()
-        replica.fails = 0
         replica.served = 0
-        replica.incarnations += 1
+        replica.failures = 0
+        return incarnation
+
+    def is_current(self, replica: Replica, incarnation: Incarnation | None) -> bool:
+        """True while ``incarnation`` is what runs for a member still in the pool."""
+        return (
+            incarnation is not None
+            and replica.incarnation is incarnation
+            and self._members.get(replica.name) is replica
+        )
 
     def mark_up(self, *replicas: Replica) -> None:
         """Put replicas on the ring in one rebuild (an /add of n joins all at once)."""
@@ -207,8 +250,9 @@ class Pool:
             if self._members.get(replica.name) is replica and replica.state is not ReplicaState.UP:
                 replica.state = ReplicaState.UP
                 replica.since = time.time()
-                replica.fails = 0
                 replica.failures = 0
+                if replica.incarnation is not None:
+                    replica.incarnation.fails = 0
                 changed = True
         if changed:
             self._rebuild()
@@ -283,4 +327,4 @@ class Pool:
         return bool(self._ring.names)
 
 
-__all__ = ["EmptyRingError", "Pool", "Replica", "ReplicaState"]
+__all__ = ["EmptyRingError", "Incarnation", "Pool", "Replica", "ReplicaState"]

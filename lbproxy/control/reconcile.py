@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import aiohttp
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 _RETRY_BASE = 0.5
 _RETRY_MAX = 10.0
+#: Unmatched death ids kept for launches in flight (Docker reports every stop as a death).
+_DEAD_REMEMBERED = 256
 
 
 class Reconciler:
@@ -44,7 +47,8 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._replacing: dict[str, asyncio.Task[None]] = {}
-        self._dead: set[str] = set()
+        # Deaths that matched no incarnation yet (a launch may not have returned its id).
+        self._dead: OrderedDict[str, None] = OrderedDict()
         self._retry_at: dict[str, float] = {}
         self._attempts: dict[str, int] = {}
         self._closing = False
@@ -53,17 +57,28 @@ class Reconciler:
     # -- signals from the backend and the health monitor ---------------------------------
 
     def on_death(self, event: BackendEvent) -> None:
-        """The backend saw an incarnation die: take it off the ring now and replace it."""
-        self._dead.add(event.backend_id)
+        """The backend saw an incarnation die: take it off the ring now and replace it.
+
+        Applied only to the incarnation the event names; a death of an older one (its
+        replacement already runs) is dropped. An id that matches nothing yet may belong to
+        a launch still in flight, so it is remembered (boundedly) for that launch to see.
+        """
         replica = self._pool.get(event.name)
-        if replica is None or replica.handle is None:
+        incarnation = replica.incarnation if replica is not None else None
+        if replica is None or incarnation is None or incarnation.backend_id != event.backend_id:
+            self._note_unmatched_death(event.backend_id)
             return
-        if replica.handle.backend_id != event.backend_id:
-            return  # an older incarnation; its replacement is already running
+        incarnation.dead = True
         self._pool.events.emit("died", replica.name, event.reason)
         if replica.state in (ReplicaState.UP, ReplicaState.EJECTED):
             self._pool.mark_down(replica, f"died: {event.reason}")
             self._wake.set()
+
+    def _note_unmatched_death(self, backend_id: str) -> None:
+        self._dead[backend_id] = None
+        self._dead.move_to_end(backend_id)
+        while len(self._dead) > _DEAD_REMEMBERED:
+            self._dead.popitem(last=False)
 
     def on_heartbeat_down(self, replica: Replica, reason: str) -> None:
         if self._pool.mark_down(replica, reason):
@@ -74,7 +89,10 @@ class Reconciler:
     async def _launch_ready(self, replica: Replica) -> ReplicaHandle:
         """Launch an incarnation of ``replica`` and wait for its heartbeats; stop it on failure."""
         handle = await self._backend.launch(replica.name, replica.ring_id)
-        self._pool.set_handle(replica, handle)
+        incarnation = self._pool.set_handle(replica, handle)
+        if handle.backend_id in self._dead:
+            del self._dead[handle.backend_id]
+            incarnation.dead = True  # it died before launch() returned its id
         self._pool.events.emit("launched", replica.name, f"{handle.url} id={handle.backend_id}")
         try:
             ready = await wait_ready(
@@ -83,12 +101,12 @@ class Reconciler:
                 rise=self._config.health.rise,
                 timeout=self._config.start_timeout,
                 check_timeout=self._config.health.timeout,
-                dead=lambda: handle.backend_id in self._dead,
+                dead=lambda: incarnation.dead,
             )
             if not ready:
                 why = (
                     "exited during startup"
-                    if handle.backend_id in self._dead
+                    if incarnation.dead
                     else f"did not answer /heartbeat within {self._config.start_timeout:g}s"
                 )
                 raise BackendError(f"replica {replica.name!r} {why}")
@@ -103,7 +121,7 @@ class Reconciler:
         except Exception:
             log.exception("stopping replica %r (%s) failed", handle.name, handle.backend_id)
         finally:
-            self._dead.discard(handle.backend_id)
+            self._dead.pop(handle.backend_id, None)
 
     # -- startup --------------------------------------------------------------------------
 
@@ -111,21 +129,22 @@ class Reconciler:
         """Adopt the backend's running replicas of this pool, then launch up to ``replicas``."""
         async with self._lock:
             adopted = await self._backend.adopt()
+            incarnations = []
             for handle in adopted:
                 replica = self._pool.add(handle.name, handle.ring_id)
-                self._pool.set_handle(replica, handle)
+                incarnations.append(self._pool.set_handle(replica, handle))
                 self._pool.events.emit("adopted", handle.name, handle.url)
             ready = await asyncio.gather(
                 *(
                     wait_ready(
                         self._session,
-                        h.url,
+                        inc.url,
                         rise=1,
                         timeout=self._config.start_timeout,
                         check_timeout=self._config.health.timeout,
-                        dead=lambda h=h: h.backend_id in self._dead,  # type: ignore[misc]
+                        dead=lambda inc=inc: inc.dead,  # type: ignore[misc]
                     )
-                    for h in adopted
+                    for inc in incarnations
                 )
             )
             for handle, ok in zip(adopted, ready, strict=True):

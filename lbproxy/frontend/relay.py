@@ -40,6 +40,7 @@ from lbproxy.frontend.phases import (
     M_STARTED,
     PhaseStats,
 )
+from lbproxy.frontend.routing_key import parse_key
 from lbproxy.frontend.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ class Frontend:
         self.config = config
         self.control_key = control_key
         self.stats = stats
+        self.key = parse_key(config.key)
         self.upstreams = UpstreamPool()
         self.clients: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
@@ -213,6 +215,7 @@ class Exchange:
         "head",
         "headers",
         "keep_alive",
+        "key",
         "last_activity",
         "marks",
         "method",
@@ -248,6 +251,7 @@ class Exchange:
         self.has_host = False
         self.conn_tokens: frozenset[bytes] = frozenset()
         self.request_id = b""
+        self.key: str | None = None
         self.method = b""
         self.path = b""
         self.keep_alive = True
@@ -296,6 +300,7 @@ class Exchange:
         rid = self.request_id
         if not rid:
             rid = self.request_id = random_request_id().encode()
+        self.key = self.front.key.extract(url, self.headers, self.client.transport)
         lines = [self.method, b" ", url, b" HTTP/1.1\r\n"]
         append = lines.append
         tokens = self.conn_tokens
@@ -367,7 +372,7 @@ class Exchange:
             else:
                 self._connect(control_key)
             return
-        key = self.request_id.decode("latin-1")
+        key = self.key or self.request_id.decode("latin-1")  # absent source: the request id
         bound = front.config.bounded_load
         try:
             if bound:
