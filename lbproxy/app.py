@@ -102,7 +102,7 @@ async def _unknown_endpoint(request: web.Request) -> web.Response:
 
 async def create_app(config: Config, backend: ReplicaBackend | None = None) -> web.Application:
     """The control application for ``config`` (a coroutine: sessions need a running loop)."""
-    family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes)
+    family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
     pool = Pool(family, EventLog(), eject_after=config.proxy.eject_after)
     backend = backend if backend is not None else create_backend(config)
     health_session = aiohttp.ClientSession(

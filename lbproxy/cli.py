@@ -157,6 +157,13 @@ def _add_serve(sub: Any) -> None:
         "--vnodes", type=positive_int, help="virtual nodes per replica (family default if unset)"
     )
     p.env_option(
+        "--probe",
+        choices=("quadratic", "linear"),
+        default=d.probe,
+        help="collision probing of the seed families: slot+1, +4, +9, ... (quadratic, the "
+        "assignment's) or slot+1, +2, +3, ... (linear)",
+    )
+    p.env_option(
         "--heartbeat-interval",
         type=positive_float,
         default=h.interval,
@@ -314,6 +321,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         hash=args.hash,
         slots=args.slots,
         vnodes=args.vnodes,
+        probe=args.probe,
         start_timeout=args.start_timeout,
         stop_timeout=args.stop_timeout,
         health=HealthConfig(

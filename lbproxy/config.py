@@ -134,6 +134,8 @@ class Config:
     hash: str = "maglev"
     slots: int | None = None
     vnodes: int | None = None
+    #: Collision probing of the seed families: "quadratic" (SPEC) or "linear".
+    probe: str = "quadratic"
     start_timeout: float = 10.0
     stop_timeout: float = 5.0
     #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".

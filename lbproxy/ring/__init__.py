@@ -11,6 +11,7 @@ uses; each family lives in its own sibling module behind the ``RingFamily`` prot
 ``rendezvous``      highest random weight: ideal spread and churn, O(N) per lookup
 ``seed``            the assignment's reference ring, bit-exact (``slots`` 512, ``vnodes`` 9)
 ``seed-alt``        the reference ``H`` with a well-spread virtual-node hash ``Phi'``
+``seed-2024``       the 2024 assignment text's ``H`` and ``Phi`` (``slots`` 512, ``vnodes`` 9)
 ==================  ==========================================================================
 
 See docs/ring.md for the measurements behind the default.
@@ -22,7 +23,7 @@ from lbproxy.ring.base import Ring, RingFamily
 from lbproxy.ring.hashring import HashRingFamily
 from lbproxy.ring.maglev import MaglevFamily
 from lbproxy.ring.rendezvous import RendezvousFamily
-from lbproxy.ring.seed import SeedFamily, seed_alt_family
+from lbproxy.ring.seed import SeedFamily, seed_2024_family, seed_alt_family
 
 __all__ = ["DEFAULT_FAMILY", "FAMILY_NAMES", "Ring", "RingFamily", "make_family"]
 
@@ -34,14 +35,22 @@ FAMILY_NAMES: tuple[str, ...] = (
     "rendezvous",
     "seed",
     "seed-alt",
+    "seed-2024",
 )
 
 
-def make_family(name: str, *, slots: int | None = None, vnodes: int | None = None) -> RingFamily:
+def make_family(
+    name: str,
+    *,
+    slots: int | None = None,
+    vnodes: int | None = None,
+    probe: str = "quadratic",
+) -> RingFamily:
     """A ring family by name; ``slots``/``vnodes`` override its defaults where it has them.
 
     Families without a table or circle size ignore ``slots``; families without virtual
-    nodes ignore ``vnodes``. Raises ``ValueError`` for an unknown name or a bad size.
+    nodes ignore ``vnodes``; only the seed families probe (``probe``: quadratic or linear).
+    Raises ``ValueError`` for an unknown name or a bad size.
     """
     if name == "maglev":
         return MaglevFamily("maglev", slots=slots)
@@ -52,7 +61,9 @@ def make_family(name: str, *, slots: int | None = None, vnodes: int | None = Non
     if name == "rendezvous":
         return RendezvousFamily("rendezvous")
     if name == "seed":
-        return SeedFamily("seed", slots=slots, vnodes=vnodes)
+        return SeedFamily("seed", slots=slots, vnodes=vnodes, probe=probe)
     if name == "seed-alt":
-        return seed_alt_family(slots=slots, vnodes=vnodes)
+        return seed_alt_family(slots=slots, vnodes=vnodes, probe=probe)
+    if name == "seed-2024":
+        return seed_2024_family(slots=slots, vnodes=vnodes, probe=probe)
     raise ValueError(f"unknown hash family {name!r}; known families: {', '.join(FAMILY_NAMES)}")

@@ -45,6 +45,18 @@ well-mixed amount. The pair was picked by an exhaustive search over ``(a*i + b*j
 (``a`` odd, ``b`` from 55 to 61) for the smallest worst-case max/mean share over ``N = 2..10``
 (1.28, against 8.2 for the reference at ``N = 10``). It is tuned for ``M = 512, K = 9``; other
 sizes still work, untuned. ``SeedFamily(h=..., phi=...)`` builds any other pair.
+
+``seed-2024`` is the pair of the assignment's 2024 text: ``H(i) = i^2 + 2i + 17`` and
+``Phi(i, j) = i^2 + j^2 + 2j + 25``, everything else as above. Its ``H`` is
+``(i + 1)^2 + 16``, so request ids only reach the slots ``s^2 + 16`` (quadratic residues
+mod 512 shifted by 16: 87 of the 512 slots, see ``tests/test_ring_seed_variants.py``),
+and its ``Phi`` places a replica's virtual nodes on the same comb ``j^2 + 2j`` shifted by
+``i^2``: both spread worse than the reference's bijective ``H``.
+
+Probing (``probe``, ``--probe``): ``quadratic`` (default, SPEC's ``+1, +4, +9, ...``) or
+``linear`` (``+1, +2, +3, ...``), for every seed family. Linear probing reaches every slot,
+so it only fails when the circle is full; it also packs colliding virtual nodes next to
+each other, which the A-4 analysis compares.
 """
 
 from __future__ import annotations
@@ -65,9 +77,12 @@ __all__ = [
     "SeedRing",
     "alt_phi",
     "key_to_int",
+    "seed_2024_family",
     "seed_alt_family",
     "spec_h",
     "spec_phi",
+    "y2024_h",
+    "y2024_phi",
 ]
 
 #: The reference circle size (``K`` defaults to ``log2`` of it: 9).
@@ -82,6 +97,7 @@ ALT_PHI_COEFFS = (203, 59, 25)
 
 HashH = Callable[[int], int]
 HashPhi = Callable[[int, int], int]
+PROBES = ("quadratic", "linear")
 
 
 def spec_h(i: int) -> int:
@@ -98,6 +114,16 @@ def alt_phi(i: int, j: int) -> int:
     """The ``seed-alt`` virtual-node hash ``Phi'(i, j) = 203*i + 59*j + 25`` (reduced mod M)."""
     a, b, c = ALT_PHI_COEFFS
     return a * i + b * j + c
+
+
+def y2024_h(i: int) -> int:
+    """The 2024 text's request hash ``H(i) = i^2 + 2*i + 17`` (reduced mod M)."""
+    return i * i + 2 * i + 17
+
+
+def y2024_phi(i: int, j: int) -> int:
+    """The 2024 text's virtual-node hash ``Phi(i, j) = i^2 + j^2 + 2*j + 25`` (reduced mod M)."""
+    return i * i + j * j + 2 * j + 25
 
 
 def key_to_int(key: str) -> int:
@@ -197,6 +223,7 @@ class SeedFamily:
         vnodes: int | None = None,
         h: HashH = spec_h,
         phi: HashPhi = spec_phi,
+        probe: str = "quadratic",
     ) -> None:
         m = DEFAULT_SLOTS if slots is None else slots
         if not 1 <= m <= MAX_SLOTS:
@@ -204,14 +231,19 @@ class SeedFamily:
         k = max(1, int(math.log2(m))) if vnodes is None else vnodes
         if not 1 <= k <= MAX_VNODES:
             raise ValueError(f"{name}: vnodes must be between 1 and {MAX_VNODES}, got {k}")
+        if probe not in PROBES:
+            raise ValueError(f"{name}: probe must be 'quadratic' or 'linear', got {probe!r}")
         self.name = name
+        self.probe = probe
         self.slots = m
         self.vnodes = k
         self.h = h
         self.phi = phi
 
     def __repr__(self) -> str:
-        return f"<SeedFamily {self.name!r} slots={self.slots} vnodes={self.vnodes}>"
+        return (
+            f"<SeedFamily {self.name!r} slots={self.slots} vnodes={self.vnodes} probe={self.probe}>"
+        )
 
     def build(self, members: Mapping[str, int]) -> Ring:
         if not members:
@@ -225,6 +257,7 @@ class SeedFamily:
                 )
             by_id[ring_id] = name
         m, k, phi = self.slots, self.vnodes, self.phi
+        linear = self.probe == "linear"
         taken = bytearray(m)
         used = 0
         placements: dict[str, tuple[int, ...]] = {}
@@ -233,16 +266,17 @@ class SeedFamily:
             mine: list[int] = []
             for j in range(k):
                 want = phi(ring_id, j) % m
-                for p in range(m):  # p = 0 is the wanted slot; then +1, +4, +9, ...
-                    slot = (want + p * p) % m
+                # p = 0 is the wanted slot; then +1, +4, +9, ... (or +1, +2, +3, ...)
+                for p in range(m):
+                    slot = (want + (p if linear else p * p)) % m
                     if not taken[slot]:
                         break
                 else:
-                    reachable = len({p * p % m for p in range(m)})
+                    reachable = m if linear else len({p * p % m for p in range(m)})
                     raise RingFullError(
                         f"cannot place virtual node {j} of replica {name!r} (ring id "
                         f"{ring_id}) on the {self.name} ring: {used} of {m} slots are "
-                        f"taken, including all {reachable} that quadratic probing reaches "
+                        f"taken, including all {reachable} that {self.probe} probing reaches "
                         f"from slot {want}. Run fewer replicas, a larger --slots, fewer "
                         "--vnodes, or another --hash family (maglev, hashring, rendezvous)"
                     )
@@ -253,6 +287,17 @@ class SeedFamily:
         return SeedRing(self.name, m, self.h, placements)
 
 
-def seed_alt_family(*, slots: int | None = None, vnodes: int | None = None) -> SeedFamily:
+def seed_alt_family(
+    *, slots: int | None = None, vnodes: int | None = None, probe: str = "quadratic"
+) -> SeedFamily:
     """The ``seed-alt`` family: the reference ``H`` with the well-spread ``Phi'``."""
-    return SeedFamily("seed-alt", slots=slots, vnodes=vnodes, h=spec_h, phi=alt_phi)
+    return SeedFamily("seed-alt", slots=slots, vnodes=vnodes, h=spec_h, phi=alt_phi, probe=probe)
+
+
+def seed_2024_family(
+    *, slots: int | None = None, vnodes: int | None = None, probe: str = "quadratic"
+) -> SeedFamily:
+    """The ``seed-2024`` family: the 2024 assignment text's ``H`` and ``Phi``."""
+    return SeedFamily(
+        "seed-2024", slots=slots, vnodes=vnodes, h=y2024_h, phi=y2024_phi, probe=probe
+    )
