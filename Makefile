@@ -19,11 +19,11 @@ help:
 	@echo "make bench      lbproxy vs HAProxy and NGINX on the same replicas (docs/performance.md)"
 	@echo "make soak       60 s chaos soak: a replica killed every 5 s under load"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tools/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "lbproxy needs Python 3.11+")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e ./tools
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -40,7 +40,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not docker" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check lbproxy server_app tests bench
+	$(BIN)/ruff check lbproxy lbproxy_tools server_app tests bench
 	$(BIN)/mypy
 
 images:

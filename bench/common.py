@@ -30,7 +30,7 @@ RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
 sys.path.insert(0, str(ROOT))
 
-from lbproxy.launcher import clean_env, serve_command  # noqa: E402
+from lbproxy_tools.launcher import clean_env, serve_command  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")

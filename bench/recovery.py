@@ -30,8 +30,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lbproxy.launcher import compose_stack, run_balancer  # noqa: E402
-from lbproxy.loadtest import make_ids, run_load  # noqa: E402
+from lbproxy_tools.launcher import compose_stack, run_balancer  # noqa: E402
+from lbproxy_tools.loadtest import make_ids, run_load  # noqa: E402
 
 MILESTONES = (
     ("detected", ("died", "heartbeat_down")),

@@ -5,7 +5,7 @@
     (add --seed S to repeat a run's victims and request ids, --json OUT for the figures)
 
 The balancer runs on a free 127.0.0.1 port: ``lbproxy serve --backend process`` through
-``lbproxy.launcher.run_balancer``, or the Compose stack (``compose_stack``; images from
+``lbproxy_tools.launcher.run_balancer``, or the Compose stack (``compose_stack``; images from
 ``scripts/ensure-images.sh``). ``run_load`` sends GET /home with random 6-digit
 X-Request-IDs from ``--concurrency`` connections for ``--duration`` seconds (capped at
 ``--max-requests``). Every ``--kill-every`` seconds a random replica that is up is killed
@@ -46,8 +46,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lbproxy.launcher import ComposeStack, compose_stack, pid_alive, run_balancer  # noqa: E402
-from lbproxy.loadtest import LoadResult, make_ids, run_load  # noqa: E402
+from lbproxy_tools.launcher import ComposeStack, compose_stack, pid_alive, run_balancer  # noqa: E402
+from lbproxy_tools.loadtest import LoadResult, make_ids, run_load  # noqa: E402
 
 DETECTED = ("died", "heartbeat_down")
 #: How often the soak reads the balancer's events (well inside the log's 2000-event bound).

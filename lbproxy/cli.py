@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -425,15 +426,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _EnvParser(prog="lbproxy", description="A consistent-hash load balancer.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_EnvParser)
     _add_serve(sub)
-    for module in ("lbproxy.loadtest", "lbproxy.analysis"):
+    for command, module in TOOL_COMMANDS.items():
         try:
-            mod = __import__(module, fromlist=["add_parser"])
-        except ImportError as exc:
-            if exc.name not in (module,):
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("lbproxy_tools"):
                 raise
+            _add_missing_tool(sub, command)
             continue
         mod.add_parser(sub)
     return parser
+
+
+#: Commands served by the separate ``lbproxy_tools`` package (``pip install 'lbproxy[tools]'``):
+#: the balancer and its image ship without the load client, the analysis and matplotlib.
+TOOL_COMMANDS = {"loadtest": "lbproxy_tools.loadtest", "analyze": "lbproxy_tools.analysis"}
+
+
+def _add_missing_tool(sub: Any, command: str) -> None:
+    """A stand-in that takes any arguments and says in one sentence what to install."""
+    p = sub.add_parser(command, help="(needs lbproxy[tools])", add_help=False, prefix_chars="\0")
+    p.add_argument("rest", nargs="*")
+
+    def missing(_args: argparse.Namespace) -> int:
+        print(
+            f"lbproxy {command}: the tools are not installed; "
+            "run pip install 'lbproxy[tools]' (in a checkout: pip install ./tools) to get them.",
+            file=sys.stderr,
+        )
+        return 2
+
+    p.set_defaults(func=missing)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -20,10 +20,11 @@ from hypothesis import settings
 
 from lbproxy.app import Balancer
 from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
-from lbproxy.backends.process import ProcessBackend, free_loopback_port
+from lbproxy.backends.process import ProcessBackend
 from lbproxy.config import Config, HealthConfig
 from lbproxy.errors import BackendError
 from lbproxy.server import BalancerServer
+from lbproxy_tools.launcher import free_loopback_port
 from server_app import create_app as create_replica_app
 
 # Property tests explore with a fixed seed: CI must not fail on a rare draw nobody can

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from lbproxy.analysis import geometry, report
-from lbproxy.analysis.runner import (
+from lbproxy_tools.analysis import geometry, report
+from lbproxy_tools.analysis.runner import (
     Analysis,
     Exchange,
     KillDrill,

@@ -36,11 +36,11 @@ from aiohttp import web
 
 from lbproxy.app import BALANCER, create_app
 from lbproxy.backends import ReplicaBackend
-from lbproxy.backends.process import free_loopback_port
 from lbproxy.config import Config, HealthConfig, ProxyConfig
 from lbproxy.server import BalancerServer
 from lbproxy.views import dashboard
 from lbproxy.views.dashboard import DASHBOARD, DashboardHub
+from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
 
 PAGE = "/lbproxy/dashboard"

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lbproxy.launcher import ComposeStack, compose_stack, docker_engine_answers
+from lbproxy_tools.launcher import ComposeStack, compose_stack, docker_engine_answers
 from tests.process_balancer import steady_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

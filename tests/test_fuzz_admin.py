@@ -43,11 +43,11 @@ from schemathesis.specs.openapi.checks import (
 
 import lbproxy.server
 from lbproxy.app import create_app
-from lbproxy.backends.process import free_loopback_port
 from lbproxy.config import Config, HealthConfig
 from lbproxy.control.admin import ADD_TOO_MANY, MAX_ADMIN_BODY, RM_TOO_MANY
 from lbproxy.server import BalancerServer
 from lbproxy.views import openapi
+from lbproxy_tools.launcher import free_loopback_port
 from tests import conftest
 from tests.conftest import InProcessBackend, fast_config
 

@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from lbproxy.backends.base import BackendEvent, ReplicaHandle
-from lbproxy.backends.process import free_loopback_port
 from lbproxy.config import HealthConfig
 from lbproxy.control.health import HealthMonitor
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.ring import make_family
+from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, wait_for
 
 pytestmark = pytest.mark.inprocess

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from lbproxy.backends.process import free_loopback_port
-from lbproxy.loadtest import (
+from lbproxy_tools.launcher import free_loopback_port
+from lbproxy_tools.loadtest import (
     LatencySummary,
     format_table,
     make_ids,
@@ -199,7 +199,7 @@ async def test_cli_exits_1_when_requests_fail(lb: BalancerUnderTest) -> None:
 
 @pytest.mark.slow
 async def test_against_a_real_balancer_process() -> None:
-    from lbproxy.launcher import run_balancer
+    from lbproxy_tools.launcher import run_balancer
 
     with run_balancer() as real:
         async with aiohttp.ClientSession() as client:

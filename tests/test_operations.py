@@ -8,9 +8,9 @@ from collections import Counter
 import aiohttp
 import pytest
 
-from lbproxy.backends.process import free_loopback_port
 from lbproxy.config import ProxyConfig
 from lbproxy.server import BalancerServer
+from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config
 
 

@@ -10,7 +10,7 @@ import time
 import aiohttp
 import pytest
 
-from lbproxy.launcher import pid_alive, run_balancer
+from lbproxy_tools.launcher import pid_alive, run_balancer
 from tests.process_balancer import steady_load
 
 pytestmark = pytest.mark.slow

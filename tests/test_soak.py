@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from lbproxy.launcher import docker_engine_answers
+from lbproxy_tools.launcher import docker_engine_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,12 +1,12 @@
 """SPEC Task 4 against real balancers, over HTTP only: measurements in, ``Analysis`` out.
 
 By default every hash family under test gets its own ``lbproxy serve`` on the process
-backend (``lbproxy.launcher.run_balancer``), started with the smallest N and grown one
+backend (``lbproxy_tools.launcher.run_balancer``), started with the smallest N and grown one
 replica at a time with ``POST /add {"n": 1}``: the generated names (``Server 1``, ...) and
 ring ids (1, 2, ...) are then the same on every run, so a fixed seed gives fixed counts.
 With ``url`` set, one existing deployment is driven through the same admin API instead.
 
-Load is sent by ``lbproxy.loadtest.run_load``, the same engine as ``lbproxy loadtest``;
+Load is sent by ``lbproxy_tools.loadtest.run_load``, the same engine as ``lbproxy loadtest``;
 who served a request is read from the replica's ``/home`` body, and cross-checked against
 the balancer's own ``served`` counters from ``/lbproxy/status``.
 """
@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from lbproxy.loadtest import LoadResult, make_ids, run_load
+from lbproxy_tools.loadtest import LoadResult, make_ids, run_load
 
 #: Event kinds of a replacement, in the order the timeline shows them.
 TIMELINE_KINDS = (
@@ -677,7 +677,7 @@ async def kill_drill(admin: Admin, opts: Options, killer: Killer, family: str) -
 
 @contextlib.contextmanager
 def _own_balancer(family: str | None, replicas: int) -> Iterator[str]:
-    from lbproxy.launcher import run_balancer
+    from lbproxy_tools.launcher import run_balancer
 
     extra = ("--hash", family) if family else ()
     with run_balancer(*extra, replicas=replicas) as lb:

@@ -19,8 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from lbproxy.analysis.geometry import Circle
-from lbproxy.analysis.runner import KillDrill, Point
+from lbproxy_tools.analysis.geometry import Circle
+from lbproxy_tools.analysis.runner import KillDrill, Point
 
 DPI = 110
 FAMILY_COLORS = {

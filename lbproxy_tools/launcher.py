@@ -1,5 +1,6 @@
 """Start a real ``lbproxy serve`` process on a free loopback port, and stop it for sure.
 
+Also the one home of the process and port helpers the tests and benchmarks share.
 Used by the end-to-end tests, the recovery benchmark and ``lbproxy analyze``: each needs a
 balancer it did not start in-process, so that what it measures is what users run.
 """
@@ -17,7 +18,23 @@ from dataclasses import dataclass
 
 import aiohttp
 
+# The process backend's own port picker, on purpose: it remembers the ports it handed out
+# lately, and an in-process balancer under test launches its replicas from the same
+# process, so the test's ports and the replicas' ports never collide.
 from lbproxy.backends.process import free_loopback_port
+
+__all__ = [
+    "ComposeStack",
+    "RunningBalancer",
+    "clean_env",
+    "compose_stack",
+    "docker_engine_answers",
+    "free_loopback_port",
+    "pid_alive",
+    "run_balancer",
+    "serve_command",
+    "wait_http",
+]
 
 
 @dataclass

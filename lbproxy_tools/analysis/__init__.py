@@ -4,7 +4,7 @@
     lbproxy analyze --url http://127.0.0.1:5000 --kill-cmd 'docker kill {backend_id}'
 
 Modules: ``runner`` drives balancers over HTTP and collects the figures (load comes from
-``lbproxy.loadtest.run_load``), ``report`` writes ``report.md`` and ``results.json``,
+``lbproxy_tools.loadtest.run_load``), ``report`` writes ``report.md`` and ``results.json``,
 ``charts`` draws the PNGs (the only module that imports matplotlib, loaded only when a
 report is written), ``geometry`` lays out the seed circles that explain A-4.
 """
@@ -103,9 +103,9 @@ def _command(argv: list[str] | None) -> str:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from lbproxy.analysis import report
-    from lbproxy.analysis.runner import AnalysisError, Options, log, run_analysis
     from lbproxy.cli import new_event_loop
+    from lbproxy_tools.analysis import report
+    from lbproxy_tools.analysis.runner import AnalysisError, Options, log, run_analysis
 
     if args.min_n > args.max_n:
         print("lbproxy analyze: --min-n must not exceed --max-n", file=sys.stderr)

@@ -11,8 +11,8 @@ import math
 import time
 from pathlib import Path
 
-from lbproxy.analysis import geometry
-from lbproxy.analysis.runner import Analysis, Exchange, Point
+from lbproxy_tools.analysis import geometry
+from lbproxy_tools.analysis.runner import Analysis, Exchange, Point
 
 A1_FAMILIES_EXTRA = "seed"
 CHARTS = {
@@ -72,7 +72,7 @@ def _exchange(ex: Exchange) -> str:
 
 
 def _charts(analysis: Analysis, out: Path) -> dict[str, Path]:
-    from lbproxy.analysis import charts
+    from lbproxy_tools.analysis import charts
 
     opts = analysis.options
     made: dict[str, Path] = {}
@@ -159,7 +159,7 @@ def render(analysis: Analysis, made: dict[str, Path]) -> str:
     if analysis.mode == "launched":
         add(
             "* **Balancers.** For each hash family a real `lbproxy serve --backend process "
-            "--hash FAMILY` was started on a loopback port (`lbproxy.launcher.run_balancer`: "
+            "--hash FAMILY` was started on a loopback port (`lbproxy_tools.launcher.run_balancer`: "
             "heartbeat every 0.2 s), first with "
             f"N = {opts.ns()[0]} replicas, then grown one replica at a time with "
             '`POST /add {"n": 1, "hostnames": []}`. The replicas are therefore always '
@@ -172,7 +172,7 @@ def render(analysis: Analysis, made: dict[str, Path]) -> str:
             "resized with `/add` and `/rm` and put back to its size at the end."
         )
     add(
-        f"* **Load.** `lbproxy.loadtest.run_load`, the engine of `lbproxy loadtest`: {R:,} "
+        f"* **Load.** `lbproxy_tools.loadtest.run_load`, the engine of `lbproxy loadtest`: {R:,} "
         f"`GET /home` at concurrency {opts.concurrency} on one keep-alive session, each with "
         f"an `X-Request-ID` drawn from {R:,} random 6-digit ids of `random.Random({opts.seed})`: "
         "the same ids at every point, so the families and the N are compared on identical "

@@ -1,0 +1,8 @@
+"""Tooling around the balancer, shipped apart from it (``pip install 'lbproxy[tools]'``).
+
+``loadtest`` (``lbproxy loadtest``, the one load engine), ``analysis`` (``lbproxy analyze``)
+and ``launcher`` (start a real ``lbproxy serve`` or the Compose stack; process and port
+helpers for tests and benchmarks). None of it runs inside the balancer, so neither
+``pip install lbproxy`` nor the balancer image carries it or its dependencies (tqdm,
+matplotlib).
+"""

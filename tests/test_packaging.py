@@ -1,0 +1,61 @@
+"""The balancer ships alone: ``pip install lbproxy`` and its image carry no tooling.
+
+The load client, ``lbproxy analyze`` and the launch helpers live in ``lbproxy_tools``
+(the ``lbproxy-tools`` distribution, ``pip install 'lbproxy[tools]'``).
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from setuptools import find_packages
+
+from lbproxy.cli import main
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Imports that belong to the tooling, never to the balancer.
+TOOLING = ("lbproxy_tools", "tqdm", "matplotlib", "numpy")
+
+
+def test_the_lbproxy_distribution_finds_only_the_balancer_packages() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    found = find_packages(str(ROOT), include=include)
+    assert "lbproxy" in found and "server_app" in found
+    assert not [p for p in found if p.startswith("lbproxy_tools")], found
+    assert not [d for d in config["project"]["dependencies"] if d.startswith(TOOLING)]
+
+
+def test_no_balancer_module_imports_the_tooling() -> None:
+    offenders = []
+    for path in sorted((ROOT / "lbproxy").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith(TOOLING)]
+    assert offenders == []
+
+
+@pytest.mark.parametrize("command", ["loadtest", "analyze"])
+def test_a_tool_command_without_the_tools_says_what_to_install(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A None entry in sys.modules is how Python spells "this module cannot be imported":
+    # the same ModuleNotFoundError a `pip install lbproxy` without the extra raises.
+    for name in [m for m in sys.modules if m.startswith("lbproxy_tools")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lbproxy_tools", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--url", "http://127.0.0.1:9", "--help"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'lbproxy[tools]'" in err
