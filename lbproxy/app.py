@@ -22,6 +22,7 @@ from aiohttp import web
 from lbproxy.backends import ReplicaBackend, create_backend
 from lbproxy.config import Config
 from lbproxy.control.admin import AdminRoutes, answer_wrong_methods
+from lbproxy.control.autoscale import Autoscaler
 from lbproxy.control.events import EventLog
 from lbproxy.control.health import HealthMonitor
 from lbproxy.control.pool import Pool
@@ -45,6 +46,8 @@ class Balancer:
     reconciler: Reconciler
     monitor: HealthMonitor
     stats: ProxyStats
+    #: With --autoscale only (control/autoscale.py).
+    autoscaler: Autoscaler | None = None
 
 
 BALANCER = web.AppKey("balancer", Balancer)
@@ -94,6 +97,13 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _autoscale_ctx(app: web.Application) -> AsyncIterator[None]:
+    autoscaler = app[BALANCER].autoscaler
+    assert autoscaler is not None
+    async for _ in _run_task("autoscale", autoscaler.run()):
+        yield
+
+
 async def _unknown_endpoint(request: web.Request) -> web.Response:
     return web.json_response(
         failure_body(f"'{request.path}' is not an endpoint of the balancer"), status=404
@@ -112,6 +122,8 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     reconciler = Reconciler(config, pool, backend, health_session)
     monitor = HealthMonitor(pool, health_session, config.health, reconciler.on_heartbeat_down)
     balancer = Balancer(config, pool, backend, health_session, reconciler, monitor, ProxyStats())
+    if config.autoscale.enabled:
+        balancer.autoscaler = Autoscaler(config.autoscale, pool, reconciler)
 
     app = web.Application(client_max_size=64 * 1024)
     app[BALANCER] = balancer
@@ -122,4 +134,6 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     answer_wrong_methods(app)
     app.router.add_route("*", "/{tail:.*}", _unknown_endpoint)
     app.cleanup_ctx.extend([_close_sessions, _backend_ctx, _pool_ctx, _health_ctx, _reconcile_ctx])
+    if balancer.autoscaler is not None:
+        app.cleanup_ctx.append(_autoscale_ctx)
     return app

@@ -24,11 +24,20 @@ signal without a metrics pipeline. ``Decider`` is the pure core (time is passed 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lbproxy.config import AutoscaleConfig
+from lbproxy.control.pool import Pool, ReplicaState
+from lbproxy.control.reconcile import Reconciler
+from lbproxy.errors import LbproxyError
+
+log = logging.getLogger(__name__)
 
 #: The HPA's 10% tolerance, both ways: the pool grows only for more than 110% of its
 #: target and shrinks only when the smaller pool would still run below 90% of it.
@@ -242,3 +251,161 @@ class Decider:
             # recommended for the larger pool.
             self._recs = deque([(now, desired)])
         return Decision(now, desired, actual, ready, stable, panic, panicking, reason)
+
+
+class Autoscaler:
+    """Runs the ``Decider`` against the live pool: samples, decides, adds and removes.
+
+    Scale-up is ``Reconciler.add(n, [])``, the call behind ``POST /add`` with no hostnames,
+    so new replicas get the names /add would generate and join the ring only after their
+    heartbeats pass. Scale-down is ``Reconciler.remove(n, [])``, the call behind
+    ``DELETE /rm``: failed replicas go first, then the most recently added; they leave the
+    ring at once and finish their in-flight requests before they stop, so nothing fails.
+    One change runs at a time; decisions keep being made (and reported) meanwhile.
+
+    Manual changes: the autoscaler expects the pool to change only by its own calls; any
+    other change of the member count is an operator's /add or /rm, which becomes the current
+    size and is held for one scale-down delay (see ``Decider.manual``).
+    """
+
+    def __init__(
+        self,
+        config: AutoscaleConfig,
+        pool: Pool,
+        reconciler: Reconciler,
+        held: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.config = config
+        self._pool = pool
+        self._reconciler = reconciler
+        #: Requests waiting at an empty pool (the scale-to-zero hold): demand too.
+        self.held = held
+        self._wake = asyncio.Event()
+        self._action: asyncio.Task[None] | None = None
+        self._expected = -1
+        self._served: dict[str, int] = {}
+        self._requests = 0
+        self.decider: Decider | None = None
+        self.last: Decision | None = None
+        self.decisions = 0
+        self.scale_ups = 0
+        self.scale_downs = 0
+        self.failed_changes = 0
+        self.manual_changes = 0
+
+    # -- signals -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Decide now rather than at the next tick (a request is waiting at an empty pool)."""
+        self._wake.set()
+
+    @property
+    def desired(self) -> int:
+        return self.last.desired if self.last is not None else len(self._pool)
+
+    def ready(self) -> int:
+        return sum(1 for r in self._pool.replicas() if r.state is ReplicaState.UP)
+
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self._pool.replicas()) + self.held()
+
+    def _count_requests(self) -> int:
+        """A monotonic count of answered requests (per-replica counters come and go)."""
+        seen = self._served
+        for replica in self._pool.replicas():
+            total = replica.served_total
+            before = seen.get(replica.name, 0)
+            if total > before:
+                self._requests += total - before
+            seen[replica.name] = total
+        if len(seen) > 2 * len(self._pool) + 16:
+            members = set(self._pool.names())
+            for name in [n for n in seen if n not in members]:
+                del seen[name]
+        return self._requests
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Sample every ``sample_interval``, decide every ``tick`` (or when woken)."""
+        c = self.config
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.decider = decider = Decider(c, now)
+        self._expected = len(self._pool)
+        next_tick = now + c.tick
+        try:
+            while True:
+                woken = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=c.sample_interval)
+                    woken = True
+                self._wake.clear()
+                now = loop.time()
+                held = self.held()
+                decider.observe(now, self.in_flight(), self._count_requests())
+                if held:
+                    decider.activity(now)
+                # A wake decides at once only for an empty pool (a cold start); otherwise
+                # decisions keep to the tick, which the rate limits are counted in.
+                if now >= next_tick or (woken and held and self._action is None):
+                    next_tick = now + c.tick
+                    self._tick(now)
+        finally:
+            action = self._action
+            if action is not None:
+                action.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await action
+
+    def _tick(self, now: float) -> None:
+        decider = self.decider
+        assert decider is not None
+        actual = len(self._pool)
+        if self._action is None and actual != self._expected:
+            self.manual_changes += 1
+            decider.manual(now)
+            self._pool.events.emit(
+                "autoscale",
+                "",
+                f"manual change: {self._expected} -> {actual} replicas; held for "
+                f"{self.config.scale_down_delay:g}s",
+            )
+            self._expected = actual
+        decision = decider.decide(now, actual, self.ready())
+        self.decisions += 1
+        previous, self.last = self.last, decision
+        changes = decision.desired != actual and self._action is None
+        if (
+            changes
+            or previous is None
+            or (decision.desired != previous.desired or decision.panicking != previous.panicking)
+        ):
+            self._pool.events.emit("autoscale", "", decision.detail())
+        if changes:
+            self._action = asyncio.create_task(
+                self._scale(decision.desired - actual), name="autoscale-change"
+            )
+
+    async def _scale(self, delta: int) -> None:
+        """One change through the /add or /rm path; failures are reported, never raised."""
+        try:
+            if delta > 0:
+                await self._reconciler.add(delta, [])
+                self.scale_ups += 1
+            else:
+                await self._reconciler.remove(-delta, [])
+                self.scale_downs += 1
+            self._expected += delta
+            self._pool.events.emit(
+                "autoscale",
+                "",
+                f"scaled {'up' if delta > 0 else 'down'} by {abs(delta)}: "
+                f"actual={len(self._pool)} ready={self.ready()}",
+            )
+        except LbproxyError as exc:
+            self.failed_changes += 1
+            self._pool.events.emit("autoscale", "", f"change of {delta:+d} failed: {exc.message}")
+            log.warning("autoscale change of %+d failed: %s", delta, exc.message)
+        finally:
+            self._action = None

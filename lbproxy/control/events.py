@@ -26,6 +26,8 @@ KINDS = (
     "removed",  # an operator removed it with /rm
     "stopped",  # its process/container was stopped on purpose
     "adopted",  # found running from an earlier balancer and reused
+    "autoscale",  # an autoscaler decision (desired vs actual, concurrency) or change
+    "cold_start",  # a request held at an empty pool was released (scale from zero)
 )
 
 

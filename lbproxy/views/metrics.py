@@ -26,6 +26,7 @@ from lbproxy.frontend.relay import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from lbproxy.app import Balancer
+    from lbproxy.control.autoscale import Autoscaler
 
 
 class BalancerCollector(Collector):
@@ -138,6 +139,60 @@ class BalancerCollector(Collector):
                 phase_buckets = cast(list[tuple[str, float]], data["buckets"])
                 phases.add_metric([phase], phase_buckets, sum_value=cast(float, data["sum"]))
             yield phases
+        if b.autoscaler is not None:
+            yield from _autoscale(b.autoscaler)
+
+
+def _autoscale(a: Autoscaler) -> Iterator[Metric]:
+    """The autoscaler's last decision and its counters (issue 12)."""
+    last = a.last
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_desired_replicas", "Replicas the autoscaler wants", value=a.desired
+    )
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_ready_replicas", "Replicas on the ring", value=a.ready()
+    )
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_bounds_min", "--autoscale MIN", value=a.config.min_replicas
+    )
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_bounds_max", "--autoscale MAX", value=a.config.max_replicas
+    )
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_target_concurrency",
+        "Desired in-flight requests per replica",
+        value=a.config.target,
+    )
+    concurrency = GaugeMetricFamily(
+        "lbproxy_autoscale_observed_concurrency",
+        "Mean in-flight requests of the whole pool over each window at the last decision",
+        labels=["window"],
+    )
+    concurrency.add_metric(["stable"], last.stable if last else 0.0)
+    concurrency.add_metric(["panic"], last.panic if last else 0.0)
+    yield concurrency
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_panic",
+        "1 while the autoscaler is in panic mode",
+        value=1.0 if last is not None and last.panicking else 0.0,
+    )
+    yield CounterMetricFamily(
+        "lbproxy_autoscale_decisions", "Autoscaler decisions (one per tick)", value=a.decisions
+    )
+    changes = CounterMetricFamily(
+        "lbproxy_autoscale_changes",
+        "Pool changes the autoscaler made, by direction (failed: the change did not happen)",
+        labels=["direction"],
+    )
+    changes.add_metric(["up"], a.scale_ups)
+    changes.add_metric(["down"], a.scale_downs)
+    changes.add_metric(["failed"], a.failed_changes)
+    yield changes
+    yield CounterMetricFamily(
+        "lbproxy_autoscale_manual_changes",
+        "Operator /add or /rm calls the autoscaler adopted as the current size",
+        value=a.manual_changes,
+    )
 
 
 def register(app: web.Application, balancer: Balancer) -> None:

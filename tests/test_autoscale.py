@@ -1,0 +1,151 @@
+"""The autoscaler against a real balancer (issue 12): replicas in-process, real sockets.
+
+Windows are shrunk (0.1 s tick, 1 s stable window) so a test takes seconds; every wait is on
+the pool's state or its events, bounded only as a hang guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+import pytest
+
+from lbproxy.config import AutoscaleConfig
+from lbproxy.control.pool import ReplicaState
+from tests.conftest import BalancerUnderTest, wait_for
+
+pytestmark = pytest.mark.inprocess
+
+FAST = AutoscaleConfig(
+    enabled=True,
+    min_replicas=1,
+    max_replicas=4,
+    target=2.0,
+    tick=0.1,
+    sample_interval=0.02,
+    stable_window=1.0,
+    panic_window=0.2,
+    scale_down_delay=0.5,
+)
+
+
+def ready(lb: BalancerUnderTest) -> int:
+    return sum(1 for r in lb.balancer.pool.replicas() if r.state is ReplicaState.UP)
+
+
+def autoscale_events(lb: BalancerUnderTest) -> list[str]:
+    return [e.detail for e in lb.balancer.pool.events.since(0) if e.kind == "autoscale"]
+
+
+async def load(
+    lb: BalancerUnderTest, workers: int, seconds: float, stop: asyncio.Event
+) -> Counter[int]:
+    """``workers`` closed-loop clients of a slow endpoint until ``stop``; statuses counted."""
+    statuses: Counter[int] = Counter()
+    ids = itertools.count(100000, 7919)
+
+    async def worker() -> None:
+        while not stop.is_set():
+            async with lb.client.get(
+                lb.url + f"/_t/slow?s={seconds}", headers={"X-Request-ID": str(next(ids))}
+            ) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return statuses
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=FAST)
+async def test_load_scales_the_pool_up_and_back_down_without_a_failure(
+    lb: BalancerUnderTest,
+) -> None:
+    pool = lb.balancer.pool
+    stop = asyncio.Event()
+    running = asyncio.create_task(load(lb, 8, 0.05, stop))
+    # 8 in flight at a target of 2 per replica: 4 replicas, MAX.
+    await wait_for(lambda: len(pool) == 4 and ready(lb) == 4, timeout=20)
+    assert any("desired=4" in d for d in autoscale_events(lb))
+    stop.set()
+    statuses = await running
+    await wait_for(lambda: len(pool) == 1, timeout=20)
+    assert set(statuses) == {200}, statuses
+    # Scaled through /add's names, and back down through /rm (most recent first).
+    assert pool.names() == ["Server 1"]
+    added = [e.replica for e in pool.events.since(0) if e.kind == "added"]
+    assert set(added) == {"Server 1", "Server 2", "Server 3", "Server 4"}
+    assert lb.balancer.autoscaler is not None
+    assert lb.balancer.autoscaler.failed_changes == 0
+
+
+@pytest.mark.lbconfig(replicas=3, stop_timeout=5.0, autoscale=FAST)
+async def test_scale_down_drains_in_flight_requests(lb: BalancerUnderTest) -> None:
+    """A replica the autoscaler removes finishes what it serves, as /rm does."""
+    pool = lb.balancer.pool
+    # One long request on each replica: 3 in flight at a target of 2 asks for 2 replicas.
+    keys = {}
+    for i in itertools.count(100000, 7919):
+        keys.setdefault(pool.owner(str(i)).name, str(i))
+        if len(keys) == 3:
+            break
+
+    async def long_request(key: str) -> tuple[int, str]:
+        async with lb.client.get(lb.url + "/_t/slow?s=1.5", headers={"X-Request-ID": key}) as r:
+            return r.status, await r.text()
+
+    requests = [asyncio.create_task(long_request(k)) for k in keys.values()]
+    await wait_for(lambda: len(pool) == 2, timeout=10)
+    # "Server 3" (the most recent) left the ring while its request was still running.
+    assert "Server 3" not in pool
+    assert not any(t.done() for t in requests)
+    results = await asyncio.gather(*requests)
+    assert results == [(200, "slow")] * 3
+    await wait_for(
+        lambda: any(e.kind == "stopped" and e.replica == "Server 3" for e in pool.events.since(0))
+    )
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=FAST)
+async def test_manual_add_is_held_for_the_delay_then_returns_to_min(
+    lb: BalancerUnderTest,
+) -> None:
+    pool = lb.balancer.pool
+    async with lb.client.post(lb.url + "/add", json={"n": 2, "hostnames": ["M1"]}) as r:
+        assert r.status == 200
+        assert (await r.json())["message"]["N"] == 3
+    await wait_for(lambda: any(d.startswith("manual change: 1 -> 3") for d in autoscale_events(lb)))
+    manual = next(
+        e for e in pool.events.since(0) if e.kind == "autoscale" and e.detail.startswith("manual")
+    )
+    await wait_for(lambda: len(pool) == 1, timeout=10)
+    # The shrink decision came no earlier than one scale-down delay after the /add.
+    shrink = next(
+        e
+        for e in pool.events.since(manual.seq)
+        if e.kind == "autoscale" and e.detail.startswith("desired=1")
+    )
+    assert shrink.time - manual.time >= FAST.scale_down_delay
+    # /rm's choice: the two added replicas went, the first stayed.
+    assert pool.names() == ["Server 1"]
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=FAST)
+async def test_decisions_are_metrics(lb: BalancerUnderTest) -> None:
+    autoscaler = lb.balancer.autoscaler
+    assert autoscaler is not None
+    await wait_for(lambda: autoscaler.decisions > 0)
+    async with lb.client.get(lb.url + "/lbproxy/metrics") as r:
+        text = await r.text()
+    assert "lbproxy_autoscale_desired_replicas 1.0" in text
+    assert "lbproxy_autoscale_bounds_max 4.0" in text
+    assert 'lbproxy_autoscale_observed_concurrency{window="stable"}' in text
+    assert 'lbproxy_autoscale_changes_total{direction="up"} 0.0' in text
+
+
+async def test_off_by_default(lb: BalancerUnderTest) -> None:
+    assert lb.balancer.autoscaler is None
+    async with lb.client.get(lb.url + "/lbproxy/metrics") as r:
+        assert "lbproxy_autoscale" not in await r.text()
+    assert autoscale_events(lb) == []
