@@ -239,6 +239,19 @@ def _add_serve(sub: Any) -> None:
         "(the assignment's behaviour)",
     )
     p.env_option(
+        "--max-conns-per-replica",
+        type=non_negative_int,
+        default=x.max_conns_per_replica,
+        help="upstream connections per replica at most (HAProxy maxconn); more requests "
+        "wait in the replica's FIFO queue (0: no cap)",
+    )
+    p.env_option(
+        "--queue-timeout",
+        type=positive_float,
+        default=x.queue_timeout,
+        help="seconds a request may wait in a replica's queue before a 503",
+    )
+    p.env_option(
         "--phase-timings",
         type=boolean,
         nargs="?",
@@ -342,6 +355,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             bounded_load=args.bounded_load,
             key=args.key,
             phase_timings=args.phase_timings,
+            max_conns_per_replica=args.max_conns_per_replica,
+            queue_timeout=args.queue_timeout,
         ),
         admin_token=args.admin_token or None,
         admin_host=args.admin_host,

@@ -54,6 +54,12 @@ class ProxyConfig:
     #: Per-phase latency histograms (head, pipeline, acquire, upstream, relay, loop lag) in
     #: /lbproxy/metrics; off by default because each mark costs a clock read per request.
     phase_timings: bool = False
+    #: Upstream connections per replica, at most (HAProxy's server ``maxconn``); requests
+    #: beyond wait in the replica's FIFO queue. 0: no cap (a connection per waiting request,
+    #: which overran the replicas' accept queues at 1,500 clients: issue 14).
+    max_conns_per_replica: int = 128
+    #: Seconds a request may wait in that queue before it is answered 503.
+    queue_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,10 +5,20 @@ Every test waits on counters or events; none sleeps and samples.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
 import pytest
 
+from lbproxy.backends.base import ReplicaHandle
 from lbproxy.config import ProxyConfig
-from tests.conftest import BalancerUnderTest
+from lbproxy.control.pool import Pool, ReplicaState
+from lbproxy.server import BalancerServer
+from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
 
 pytestmark = pytest.mark.inprocess
 
@@ -27,3 +37,231 @@ async def test_phase_timings_reach_the_metrics(lb: BalancerUnderTest) -> None:
     }
     for phase in ("head", "pipeline", "acquire", "upstream", "relay"):
         assert counts[phase] == 5, (phase, counts)
+
+
+# -- a replica whose accept queue the test can fill ----------------------------------------
+
+
+class GatedReplica:
+    """A minimal keep-alive HTTP/1.1 server on a listening socket with a backlog of 1 whose
+    accepting the test turns off: then the kernel's accept queue fills and new SYNs are
+    dropped (a connect times out), while the connections it already accepted keep being
+    served. That is a replica overloaded, not a dead one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sock.setblocking(False)
+        self.port = self.sock.getsockname()[1]
+        self.hold = asyncio.Event()  # /hold answers once this is set
+        self.held = asyncio.Event()  # a /hold request arrived
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.fillers: list[socket.socket] = []
+        self.log: list[tuple[int, bytes]] = []  # (connection number, request line)
+        self.accepted = 0
+        self.acceptor: asyncio.Task[None] | None = None
+        self.open_gate()
+
+    def open_gate(self) -> None:
+        self.acceptor = asyncio.create_task(self._accept())
+
+    async def close_gate(self) -> None:
+        """Stop accepting, then fill the accept queue until a connect goes unanswered."""
+        assert self.acceptor is not None
+        self.acceptor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.acceptor
+        loop = asyncio.get_running_loop()
+        for _ in range(16):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            self.fillers.append(s)
+            try:
+                await asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", self.port)), 0.2)
+            except TimeoutError:
+                return  # this SYN was dropped: the queue is full
+        raise AssertionError("the accept queue never filled")
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(self.sock)
+            task = asyncio.create_task(self._serve(conn))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
+        self.writers.append(writer)
+        self.accepted += 1
+        number = self.accepted
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.log.append((number, head.split(b"\r\n", 1)[0]))
+                if head.startswith(b"GET /hold"):
+                    self.held.set()
+                    await self.hold.wait()
+                body = b'{"replica": "%s"}' % self.name.encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.acceptor is not None:
+            self.acceptor.cancel()
+        for task in list(self.tasks):
+            task.cancel()
+        for w in self.writers:
+            w.close()
+        for s in self.fillers:
+            s.close()
+        self.sock.close()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+class GatedBackend(InProcessBackend):
+    """Replicas are GatedReplica servers (the real balancer, heartbeats included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated: dict[str, GatedReplica] = {}
+
+    async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        replica = GatedReplica(name)
+        self.gated[name] = replica
+        return ReplicaHandle(name, f"http://127.0.0.1:{replica.port}", f"g{name}", ring_id)
+
+    async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
+        replica = self.gated.pop(handle.name, None)
+        if replica is not None:
+            await replica.close()
+
+    async def list(self) -> list[ReplicaHandle]:
+        return []
+
+    async def close(self) -> None:
+        for replica in list(self.gated.values()):
+            await replica.close()
+        self.gated.clear()
+
+
+@contextlib.asynccontextmanager
+async def gated_balancer(**proxy: Any) -> AsyncIterator[tuple[BalancerServer, GatedBackend]]:
+    backend = GatedBackend()
+    config = fast_config(replicas=2, proxy=ProxyConfig(**proxy))
+    server = BalancerServer(config, backend)
+    await server.start()
+    try:
+        yield server, backend
+    finally:
+        await server.stop()
+        await backend.close()
+
+
+def key_owned_by(pool: Pool, name: str) -> str:
+    return next(k for k in (str(100000 + i) for i in range(10000)) if pool.owner(k).name == name)
+
+
+async def test_connect_timeout_on_a_busy_replica_does_not_eject_it() -> None:
+    """Issue 14, overload is not failure: the replica's accept queue is full (its new
+    connects time out) while it answers on the connections it has. HAProxy counts such
+    a server as up as long as its checks pass; here one failure in a row would eject."""
+    async with (
+        gated_balancer(connect_timeout=0.3, eject_after=1, retries=2) as (server, backend),
+        aiohttp.ClientSession() as client,
+    ):
+        pool = server.balancer.pool
+        name = sorted(backend.gated)[0]
+        replica = next(r for r in pool.replicas() if r.name == name)
+        key = key_owned_by(pool, name)
+        gated = backend.gated[name]
+        async with client.get(server.url + "/home", headers={"X-Request-ID": key}) as r:
+            assert r.status == 200  # one pooled upstream connection to the gated replica
+        await gated.close_gate()
+        front = server.frontend
+        assert front is not None
+        hold = asyncio.create_task(client.get(server.url + "/hold", headers={"X-Request-ID": key}))
+        await gated.held.wait()  # the pooled connection carries /hold
+        other = asyncio.create_task(client.get(server.url + "/home", headers={"X-Request-ID": key}))
+        await wait_for(lambda: front.in_flight == 2)  # /home is connecting (SYN dropped)
+        gated.hold.set()  # meanwhile the replica answers on its existing connection
+        async with await hold as r:
+            assert r.status == 200
+        async with await other as r:
+            assert r.status == 200
+        assert front.stats.upstream_errors.get("connect_timeout", 0) == 0
+        assert front.stats.upstream_errors["connect_overload"] == 1
+        assert replica.state is ReplicaState.UP and replica.ejections == 0
+
+
+async def test_requests_over_the_cap_wait_in_fifo_order_on_one_connection() -> None:
+    """HAProxy's server maxconn + queue: with a cap of one connection, requests queue and
+    reach the replica in arrival order, all on that one connection."""
+    async with (
+        gated_balancer(max_conns_per_replica=1) as (server, backend),
+        aiohttp.ClientSession() as client,
+    ):
+        front = server.frontend
+        assert front is not None
+        pool = server.balancer.pool
+        name = sorted(backend.gated)[0]
+        gated = backend.gated[name]
+        key = key_owned_by(pool, name)
+        hold = asyncio.create_task(client.get(server.url + "/hold", headers={"X-Request-ID": key}))
+        await gated.held.wait()
+        waiting = []
+        for i in range(5):
+            waiting.append(
+                asyncio.create_task(
+                    client.get(server.url + f"/home?n={i}", headers={"X-Request-ID": key})
+                )
+            )
+            await wait_for(lambda i=i: front.upstreams.waiting() == i + 1)
+        gated.hold.set()
+        for task in [hold, *waiting]:
+            async with await task as r:
+                assert r.status == 200
+        ours = [(n, line) for n, line in gated.log if not line.startswith(b"GET /heartbeat")]
+        held_on = next(n for n, line in ours if line.startswith(b"GET /hold"))
+        homes = [(n, line) for n, line in ours if line.startswith(b"GET /home?n=")]
+        assert [line for _, line in homes] == [b"GET /home?n=%d HTTP/1.1" % i for i in range(5)]
+        assert {n for n, _ in homes} == {held_on}  # the one capped connection, reused
+        assert front.upstreams.queued == 5
+
+
+async def test_queue_timeout_is_a_503_in_the_failure_shape() -> None:
+    async with (
+        gated_balancer(max_conns_per_replica=1, queue_timeout=0.1) as (server, backend),
+        aiohttp.ClientSession() as client,
+    ):
+        pool = server.balancer.pool
+        name = sorted(backend.gated)[0]
+        gated = backend.gated[name]
+        key = key_owned_by(pool, name)
+        hold = asyncio.create_task(client.get(server.url + "/hold", headers={"X-Request-ID": key}))
+        await gated.held.wait()
+        async with client.get(server.url + "/home", headers={"X-Request-ID": key}) as r:
+            assert r.status == 503
+            body = await r.json()
+        assert body["status"] == "failure"
+        assert "connection limit" in body["message"] and name in body["message"]
+        gated.hold.set()
+        async with await hold as r:
+            assert r.status == 200
+        replica = next(r for r in pool.replicas() if r.name == name)
+        assert replica.state is ReplicaState.UP and replica.in_flight == 0
+        async with client.get(server.url + "/lbproxy/metrics") as r:
+            text = await r.text()
+        assert "lbproxy_queue_timeouts_total 1.0" in text
+        assert "lbproxy_queued_total 1.0" in text

@@ -130,6 +130,8 @@ class ProxyStats:
     latency_sum: float = 0.0
     #: Per-phase histograms (``--phase-timings``); None when off.
     phases: PhaseStats | None = None
+    #: The front-end's upstream pool (queue and connect counters for the metrics).
+    upstreams: UpstreamPool | None = None
 
     def error(self, kind: str) -> None:
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
@@ -151,6 +153,7 @@ class Frontend:
         self.stats = stats
         self.key = parse_key(config.key)
         self.upstreams = UpstreamPool()
+        stats.upstreams = self.upstreams
         self.clients: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
         self.in_flight = 0
@@ -174,6 +177,7 @@ class Frontend:
             now = self.loop.time()
             if self.phases is not None:
                 self.phases.observe(LOOP_LAG, now - due)
+            self.upstreams.expire(now, config.queue_timeout)
             for client in list(self.clients):
                 client.check_timeouts(now, config)
 
@@ -221,6 +225,7 @@ class Exchange:
         "method",
         "out",
         "path",
+        "queued_at",
         "replayable",
         "replica",
         "request_id",
@@ -277,6 +282,8 @@ class Exchange:
         self.dead = False
         self.start = 0.0
         self.last_activity = 0.0
+        #: When this exchange joined a replica's FIFO queue (0: not waiting).
+        self.queued_at = 0.0
         #: Phase marks (loop times) when --phase-timings is on; see frontend/phases.py.
         self.marks: list[float] | None = None
         if self.front.phases is not None:
@@ -404,24 +411,68 @@ class Exchange:
             front.stats.retries += 1
         self.replica = replica
         replica.in_flight += 1
-        conn = front.upstreams.take(replica.url)
+        # An idle connection (LIFO), else a slot under --max-conns-per-replica (then
+        # on_connect_slot opens one), else a place in the replica's FIFO queue.
+        conn = front.upstreams.acquire(replica.url, self, front.config.max_conns_per_replica)
         if conn is not None:
             self._send(conn)
-        else:
-            self._connect(replica.url)
+
+    # -- Waiter (upstream.py): the per-replica FIFO queue hands us a connection or a slot --
+
+    def on_granted(self, conn: UpstreamConnection) -> None:
+        self.queued_at = 0.0
+        self._send(conn)
+
+    def on_connect_slot(self, key: str) -> None:
+        self.queued_at = 0.0
+        self._connect(key)
+
+    def on_queue_timeout(self) -> None:
+        self.queued_at = 0.0
+        name = self.replica.name if self.replica else "?"
+        self.front.stats.error("queue_timeout")
+        self.fail(
+            503,
+            f"replica {name!r} is at its connection limit and the request waited "
+            f"{self.front.config.queue_timeout:g} s in its queue",
+        )
 
     def _connect(self, key: str) -> None:
         self.connecting = True
-        task = asyncio.ensure_future(self._open(key))
+        # What the replica has answered so far on any connection: if that moves while this
+        # connect times out, the replica is busy (full accept queue), not dead.
+        seen = self.front.upstreams.host(key).answered
+        task = asyncio.ensure_future(self._open(key, seen))
         task.add_done_callback(_consume)
 
-    async def _open(self, key: str) -> None:
+    async def _open(self, key: str, seen: int) -> None:
         front = self.front
+        counted = not self.control  # the control app has no cap and no queue
+        upstreams = front.upstreams
         try:
-            conn = await front.upstreams.open(key, front.config.connect_timeout)
+            conn = await upstreams.open(key, front.config.connect_timeout, counted=counted)
         except (OSError, TimeoutError) as exc:
             self.connecting = False
-            kind = "connect_timeout" if isinstance(exc, TimeoutError) else "connect_refused"
+            if counted:
+                upstreams.connect_failed(key)
+            timed_out = isinstance(exc, TimeoutError)
+            if timed_out and counted and upstreams.host(key).answered != seen:
+                # Overload is not failure (issue 14): the replica answered on its other
+                # connections while this SYN went unanswered, so its accept queue is full.
+                # No failure is charged; the request waits for one of those connections
+                # (FIFO), or tries the next replica when there is none.
+                front.stats.error("connect_overload")
+                if self.dead:
+                    self._drop_replica()
+                    return
+                held = upstreams.requeue(key, self)
+                if held is not None:
+                    self._send(held)
+                elif self.queued_at == 0.0:
+                    self._drop_replica()
+                    self.try_next()
+                return
+            kind = "connect_timeout" if timed_out else "connect_refused"
             front.stats.error(kind)
             self._upstream_failed(kind)
             if self.dead:
@@ -456,6 +507,13 @@ class Exchange:
                 self.client.set_reading(True)
         else:
             conn.send(self, self.head)
+
+    def _drop_replica(self) -> None:
+        """Leave the current replica without charging it a failure."""
+        replica = self.replica
+        if replica is not None:
+            replica.in_flight -= 1
+            self.replica = None
 
     def _upstream_failed(self, kind: str) -> None:
         """Book-keeping for a failed attempt on the current replica."""

@@ -3,12 +3,22 @@
 The proxy's hot path writes a request on an idle pooled connection and gets the response
 through parser callbacks, all synchronously inside the event loop's read callbacks: no
 task, no future, no coroutine per request. Only opening a new connection awaits.
+
+Issue 14: with 1,500 clients, opening one upstream connection per waiting request overran
+the replicas (their accept queues overflowed, SYNs were dropped, connects timed out, and
+each replica queued hundreds of requests ahead of its heartbeat). So, as HAProxy's server
+``maxconn`` + queue does, each address has a cap on open connections; a request that finds
+no idle connection and no free slot waits in that address's FIFO queue and gets the next
+connection released (or the next free slot). Idle connections are still reused LIFO (the
+warmest socket first), but the waiting order is FIFO: whoever waited longest goes first.
+A waiter that waits longer than the queue timeout is answered 503 by the relay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from typing import Protocol, cast
 
 import httptools
@@ -30,16 +40,34 @@ class ResponseSink(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to one address; carries one request at a time."""
 
-    __slots__ = ("closed", "got_bytes", "key", "parser", "pool", "sink", "transport")
+    __slots__ = (
+        "closed",
+        "counted",
+        "got_bytes",
+        "host",
+        "idle_since",
+        "key",
+        "parser",
+        "pool",
+        "reused",
+        "sink",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self.pool = pool
         self.key = key
+        self.host = pool.host(key)
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.got_bytes = False
+        #: Holds one of its address's connection slots (released once, in pool.forget).
+        self.counted = False
+        #: Carried an earlier exchange: it may have been closed by the server while idle.
+        self.reused = False
+        self.idle_since = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -53,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self.got_bytes = True
+        self.host.answered += 1
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -142,37 +171,173 @@ class UpstreamConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
 
-class UpstreamPool:
-    """Idle connections per address (LIFO: the warmest socket first), capped per address."""
+class Waiter(Protocol):
+    """A request waiting for a connection to one address (the relay's Exchange)."""
 
-    def __init__(self, max_idle_per_key: int = 256) -> None:
-        self._idle: dict[str, list[UpstreamConnection]] = {}
+    dead: bool
+    queued_at: float
+
+    def on_granted(self, conn: UpstreamConnection) -> None:
+        """A released connection, handed over in FIFO order: send on it now."""
+
+    def on_connect_slot(self, key: str) -> None:
+        """A connection slot is reserved for this waiter: open a connection now."""
+
+    def on_queue_timeout(self) -> None:
+        """Waited longer than the queue timeout: answer 503."""
+
+
+class Host:
+    """Per-address state: idle connections (LIFO), the slot count, the FIFO queue."""
+
+    __slots__ = ("answered", "idle", "key", "open", "queued_total", "timeouts", "waiters")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.idle: list[UpstreamConnection] = []
+        #: Connections open or being opened (each holds a slot against the cap).
+        self.open = 0
+        self.waiters: deque[Waiter] = deque()
+        #: Bumped whenever any connection to this address receives bytes: a connect that
+        #: timed out while this moved was refused by a busy replica, not a dead one.
+        self.answered = 0
+        self.queued_total = 0
+        self.timeouts = 0
+
+
+class UpstreamPool:
+    """Connections per address: idle ones reused LIFO, at most ``cap`` open, FIFO waiters."""
+
+    def __init__(self, max_idle_per_key: int = 256, idle_timeout: float = 0.0) -> None:
+        self._hosts: dict[str, Host] = {}
         self._open: set[UpstreamConnection] = set()
         self._addr: dict[str, tuple[str, int] | str] = {}
         self._max_idle = max_idle_per_key
+        #: Idle connections older than this are closed by ``expire`` (0: never).
+        self.idle_timeout = idle_timeout
         self.opened = 0
+        self.queued = 0
+        self.queue_timeouts = 0
+        self.expired = 0
+
+    def host(self, key: str) -> Host:
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = Host(key)
+        return host
 
     def take(self, key: str) -> UpstreamConnection | None:
-        """An idle live connection to ``key``, or None."""
-        idle = self._idle.get(key)
+        """An idle live connection to ``key``, or None (no cap, no queue: the control app)."""
+        host = self._hosts.get(key)
+        if host is None:
+            return None
+        idle = host.idle
         while idle:
             conn = idle.pop()
             if not conn.closed:
                 return conn
         return None
 
+    def acquire(self, key: str, waiter: Waiter, cap: int) -> UpstreamConnection | None:
+        """An idle connection to ``key`` now, or None: then the waiter either got a slot to
+        connect with (``on_connect_slot`` was called) or joined the FIFO queue."""
+        host = self._hosts.get(key)
+        if host is None:
+            host = self.host(key)
+        idle = host.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        if cap <= 0 or host.open < cap:
+            host.open += 1
+            waiter.on_connect_slot(key)
+        else:
+            self.enqueue(host, waiter)
+        return None
+
+    def enqueue(self, host: Host, waiter: Waiter) -> None:
+        waiter.queued_at = asyncio.get_running_loop().time()
+        host.waiters.append(waiter)
+        host.queued_total += 1
+        self.queued += 1
+
+    def requeue(self, key: str, waiter: Waiter) -> UpstreamConnection | None:
+        """Overload (a new connect timed out while the address's other connections
+        answered): an idle one of those now, else a place in the FIFO queue for the next
+        one released; neither (the waiter's ``queued_at`` stays 0) when it has none."""
+        host = self.host(key)
+        idle = host.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        if host.open > 0:
+            self.enqueue(host, waiter)
+        return None
+
     def put(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(conn.key, [])
+        """A connection is free again: to the longest waiter, else to the idle list."""
+        host = conn.host
+        conn.reused = True
+        waiters = host.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.dead:
+                waiter.on_granted(conn)
+                return
+        idle = host.idle
         if len(idle) >= self._max_idle:
             conn.close()
             return
+        conn.idle_since = asyncio.get_running_loop().time() if self.idle_timeout else 0.0
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
         self._open.discard(conn)
-        idle = self._idle.get(conn.key)
+        host = conn.host
+        idle = host.idle
         if idle and conn in idle:
             idle.remove(conn)
+        if conn.counted:
+            conn.counted = False
+            self._slot_freed(host)
+
+    def connect_failed(self, key: str) -> None:
+        """A connect attempt that held a slot failed: the slot goes to the next waiter."""
+        self._slot_freed(self.host(key))
+
+    def _slot_freed(self, host: Host) -> None:
+        host.open -= 1
+        waiters = host.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.dead:
+                host.open += 1
+                waiter.on_connect_slot(host.key)
+                return
+
+    def expire(self, now: float, queue_timeout: float) -> None:
+        """Periodic: answer waiters past the queue timeout (the oldest are at the front)
+        and close idle connections past the idle timeout (the oldest are at the bottom of
+        each LIFO list)."""
+        for host in self._hosts.values():
+            waiters = host.waiters
+            while waiters and (waiters[0].dead or now - waiters[0].queued_at > queue_timeout):
+                waiter = waiters.popleft()
+                if not waiter.dead:
+                    host.timeouts += 1
+                    self.queue_timeouts += 1
+                    waiter.on_queue_timeout()
+            if self.idle_timeout:
+                idle = host.idle
+                while idle and now - idle[0].idle_since > self.idle_timeout:
+                    conn = idle.pop(0)
+                    self.expired += 1
+                    conn.close()
+
+    def waiting(self) -> int:
+        return sum(len(h.waiters) for h in self._hosts.values())
 
     def _address(self, key: str) -> tuple[str, int] | str:
         addr = self._addr.get(key)
@@ -186,8 +351,10 @@ class UpstreamPool:
             self._addr[key] = addr
         return addr
 
-    async def open(self, key: str, timeout: float) -> UpstreamConnection:
-        """A new connection to ``key`` ("http://host:port" or "unix:/path")."""
+    async def open(self, key: str, timeout: float, *, counted: bool = False) -> UpstreamConnection:
+        """A new connection to ``key`` ("http://host:port" or "unix:/path"); ``counted``:
+        it holds a slot reserved by ``acquire`` (the caller calls ``connect_failed`` if
+        this raises)."""
         loop = asyncio.get_running_loop()
         addr = self._address(key)
 
@@ -202,13 +369,21 @@ class UpstreamPool:
             _, conn = await coro
         self._open.add(conn)
         self.opened += 1
+        if counted:
+            if conn.closed:  # lost before we got here: its slot is free again
+                self._slot_freed(conn.host)
+            else:
+                conn.counted = True
         return conn
 
     def close_idle(self, key: str | None = None) -> None:
         """Close idle connections (all, or to one address: a replica that left)."""
-        keys = [key] if key is not None else list(self._idle)
-        for k in keys:
-            for conn in self._idle.pop(k, []):
+        hosts = [self._hosts[key]] if key is not None and key in self._hosts else []
+        if key is None:
+            hosts = list(self._hosts.values())
+        for host in hosts:
+            idle, host.idle = host.idle, []
+            for conn in idle:
                 conn.close()
 
     def close_all(self) -> None:

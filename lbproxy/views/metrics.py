@@ -129,6 +129,31 @@ class BalancerCollector(Collector):
         )
         latency.add_metric([], buckets, sum_value=stats.latency_sum)
         yield latency
+        upstreams = stats.upstreams
+        if upstreams is not None:
+            yield CounterMetricFamily(
+                "lbproxy_upstream_connects",
+                "Upstream connections opened to replicas and the control app",
+                value=upstreams.opened,
+            )
+            yield CounterMetricFamily(
+                "lbproxy_queued",
+                "Requests that waited in a replica's FIFO queue (--max-conns-per-replica)",
+                value=upstreams.queued,
+            )
+            yield CounterMetricFamily(
+                "lbproxy_queue_timeouts",
+                "Queued requests answered 503 after --queue-timeout",
+                value=upstreams.queue_timeouts,
+            )
+            yield GaugeMetricFamily(
+                "lbproxy_queue_waiting", "Requests waiting in queues now", value=upstreams.waiting()
+            )
+            yield CounterMetricFamily(
+                "lbproxy_upstream_idle_expired",
+                "Pooled upstream connections closed after the upstream idle timeout",
+                value=upstreams.expired,
+            )
         if stats.phases is not None:
             phases = HistogramMetricFamily(
                 "lbproxy_phase_seconds",
