@@ -51,3 +51,60 @@ def boolean(text: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected on/off (1/0, true/false), got {text!r}")
+
+
+def replica_template(text: str) -> str:
+    """A ``--replica-cmd`` template that can run; one sentence if it cannot."""
+    from lbproxy.backends.command import validate_template
+
+    try:
+        return validate_template(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def env_pair(text: str) -> str:
+    """A ``--replica-env KEY=VALUE``; one sentence if it is not one."""
+    from lbproxy.backends.command import parse_env_pair
+
+    try:
+        parse_env_pair(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text}")
+    return value
+
+
+def health_path(text: str) -> str:
+    """An origin-form path for the heartbeat (``/``, ``/healthz?full=1``)."""
+    if not text.startswith("/") or any(c.isspace() or ord(c) < 0x21 for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a request path; give one starting with '/', without spaces"
+        )
+    return text
+
+
+def status_range(text: str) -> tuple[int, int]:
+    """``2xx``, ``200`` or ``200-399`` as an inclusive ``(low, high)`` status range."""
+    raw = text.strip().lower()
+    try:
+        if len(raw) == 3 and raw.endswith("xx") and raw[0] in "12345":
+            low, high = int(raw[0]) * 100, int(raw[0]) * 100 + 99
+        elif "-" in raw:
+            first, _, last = raw.partition("-")
+            low, high = int(first), int(last)
+        else:
+            low = high = int(raw)
+    except ValueError:
+        low, high = 0, 0
+    if not (100 <= low <= high <= 599):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a status range; write 2xx, 200 or 200-399 (100 to 599)"
+        )
+    return low, high

@@ -11,17 +11,23 @@ import asyncio
 import importlib
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from lbproxy.argtypes import (
     boolean,
+    env_pair,
+    health_path,
     key_source,
     non_negative_float,
     non_negative_int,
+    port_number,
     positive_float,
     positive_int,
+    replica_template,
+    status_range,
 )
 from lbproxy.config import AutoscaleConfig, Config, DockerConfig, HealthConfig, ProxyConfig
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
@@ -189,6 +195,25 @@ def _add_serve(sub: Any) -> None:
         help="passed heartbeats in a row that mark a new replica up",
     )
     p.env_option(
+        "--health-path",
+        type=health_path,
+        default=h.path,
+        help="path each heartbeat asks for (/ for a service without a health endpoint)",
+    )
+    p.env_option(
+        "--health-method",
+        choices=("GET", "HEAD"),
+        type=str.upper,
+        default=h.method,
+        help="method of each heartbeat",
+    )
+    p.env_option(
+        "--health-status",
+        type=status_range,
+        default="2xx",
+        help="statuses that pass a heartbeat: 2xx, 200 or 200-399",
+    )
+    p.env_option(
         "--connect-timeout",
         type=positive_float,
         default=x.connect_timeout,
@@ -290,6 +315,20 @@ def _add_serve(sub: Any) -> None:
         default=d.stop_timeout,
         help="seconds to drain and stop a replica before killing it",
     )
+    p.env_option(
+        "--replica-cmd",
+        type=replica_template,
+        help="the command each replica runs; {port}, {name}, {ring_id} are substituted and "
+        "PORT, SERVER_ID, LBPROXY_RING_ID set (default: python -m server_app on the process "
+        "backend, the image's own command on docker)",
+    )
+    _add_replica_env(p)
+    p.env_option(
+        "--replica-port",
+        type=port_number,
+        default=k.replica_port,
+        help="the port a replica listens on inside its container (docker backend)",
+    )
     p.env_option("--docker-image", default=k.image, help="replica image (docker backend)")
     p.env_option(
         "--docker-network",
@@ -325,6 +364,27 @@ def _add_serve(sub: Any) -> None:
     p.set_defaults(func=_run_serve)
 
 
+def _add_replica_env(p: _EnvParser) -> None:
+    """Repeatable ``--replica-env``; the variable holds several, shell-quoted and spaced."""
+    env = _env_name("--replica-env")
+    default: list[str] = []
+    raw = os.environ.get(env, "")
+    if raw.strip():
+        try:
+            default = [env_pair(item) for item in shlex.split(raw)]
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            p.error(f"{env}={raw!r}: {exc}")
+    p.add_argument(
+        "--replica-env",
+        action="append",
+        type=env_pair,
+        metavar="KEY=VALUE",
+        help="extra environment for every replica, repeatable "
+        f"[env {env}, several as 'A=1 B=\"two words\"'; default {default or 'none'}]",
+    )
+    p.set_defaults(replica_env_default=default)
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The one place flags become settings."""
     return Config(
@@ -338,11 +398,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         probe=args.probe,
         start_timeout=args.start_timeout,
         stop_timeout=args.stop_timeout,
+        replica_cmd=args.replica_cmd or None,
+        replica_env=tuple(
+            args.replica_env if args.replica_env is not None else args.replica_env_default
+        ),
         health=HealthConfig(
             interval=args.heartbeat_interval,
             timeout=args.heartbeat_timeout,
             fall=args.fall,
             rise=args.rise,
+            path=args.health_path,
+            method=args.health_method,
+            status=args.health_status,
         ),
         proxy=ProxyConfig(
             connect_timeout=args.connect_timeout,
@@ -365,6 +432,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             image=args.docker_image,
             network=args.docker_network,
             pool=args.pool,
+            replica_port=args.replica_port,
             memory_mb=args.docker_memory,
             cpus=args.docker_cpus,
             docker_url=args.docker_url,

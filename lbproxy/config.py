@@ -27,6 +27,11 @@ class HealthConfig:
     timeout: float = 0.5
     fall: int = 2
     rise: int = 1
+    #: What a heartbeat asks (``--health-path``, ``--health-method``) and which statuses
+    #: pass (``--health-status``, inclusive range; SPEC: any 2xx).
+    path: str = "/heartbeat"
+    method: str = "GET"
+    status: tuple[int, int] = (200, 299)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +74,7 @@ class DockerConfig:
     image: str = "lbproxy-server:latest"
     network: str = "lbproxy-net"
     pool: str = "lbproxy"
+    #: The port the replica listens on inside its container (``--replica-port``).
     replica_port: int = 5000
     memory_mb: int = 128
     cpus: float = 0.5
@@ -144,6 +150,11 @@ class Config:
     probe: str = "quadratic"
     start_timeout: float = 10.0
     stop_timeout: float = 5.0
+    #: The command each replica runs (``--replica-cmd``, backends/command.py); None runs
+    #: ``python -m server_app`` (process backend) or the image's own command (docker).
+    replica_cmd: str | None = None
+    #: Extra ``KEY=VALUE`` environment for every replica (``--replica-env``, repeatable).
+    replica_env: tuple[str, ...] = ()
     #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".
     admin_token: str | None = None
     #: When set, the balancer's own endpoints listen here only (not on the public port).

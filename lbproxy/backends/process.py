@@ -1,4 +1,5 @@
-"""Replicas as local ``python -m server_app`` processes on free loopback ports.
+"""Replicas as local processes on free loopback ports: ``python -m server_app`` by default,
+any command with ``--replica-cmd`` (backends/command.py).
 
 The embedded default: it needs no Docker, so ``make run`` and the fast tests work on any
 machine with Python. Each child gets the parent-death signal (Linux) and the parent's pid,
@@ -19,6 +20,7 @@ import sys
 from collections import deque
 
 from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
+from lbproxy.backends.command import replica_env, substitute, wrapper_script
 from lbproxy.config import Config
 from lbproxy.errors import BackendError, BadRequest
 
@@ -56,6 +58,12 @@ def free_loopback_port() -> int:
     raise OSError("no free loopback port that was not handed out lately")
 
 
+def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """Signal the replica's whole process group (its pid is the group id)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
 class ProcessBackend:
     """Runs each replica as a child process of the balancer."""
 
@@ -91,8 +99,7 @@ class ProcessBackend:
         # failed half-way): never leave it behind.
         for handle, proc in list(self._procs.values()):
             if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 await proc.wait()
             self._procs.pop(handle.backend_id, None)
 
@@ -104,20 +111,26 @@ class ProcessBackend:
         port = free_loopback_port()
         env = dict(os.environ)
         env.update(
-            SERVER_ID=name,
-            PORT=str(port),
+            replica_env(port=port, name=name, ring_id=ring_id, extra=self._config.replica_env),
             HOST="127.0.0.1",
-            LBPROXY_PARENT_PID=str(os.getpid()),
         )
+        template = self._config.replica_cmd
+        if template is None:
+            argv: tuple[str, ...] = (sys.executable, "-m", "server_app")
+            # server_app also watches its parent pid; a custom command is covered by its
+            # process group instead (its parent is the wrapper shell, not the balancer).
+            env["LBPROXY_PARENT_PID"] = str(os.getpid())
+        else:
+            command = substitute(template, port=port, name=name, ring_id=ring_id)
+            argv = ("/bin/sh", "-c", wrapper_script(command))
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "server_app",
+                *argv,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
-                start_new_session=True,  # a terminal's Ctrl-C reaches the balancer only
+                # Its own process group (killed as one) that a terminal's Ctrl-C misses.
+                start_new_session=True,
                 preexec_fn=_set_parent_death_signal,
             )
         except OSError as exc:
@@ -134,6 +147,9 @@ class ProcessBackend:
 
     async def _watch(self, handle: ReplicaHandle, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
+        # The leader is gone (killed, crashed, stopped): whatever it started goes too, so a
+        # replica killed with -9 leaves no server behind on its port.
+        _signal_group(proc, signal.SIGKILL)
         self._procs.pop(handle.backend_id, None)
         if self._on_death is not None:
             reason = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
@@ -144,15 +160,14 @@ class ProcessBackend:
         if entry is None:
             return
         proc = entry[1]
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        _signal_group(proc, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             log.warning("replica %r did not stop in %.1fs; killing it", handle.name, timeout)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             await proc.wait()
+        _signal_group(proc, signal.SIGKILL)  # anything of the group that outlived its leader
 
     async def list(self) -> list[ReplicaHandle]:
         return [h for h, p in self._procs.values() if p.returncode is None]

@@ -19,14 +19,28 @@ from lbproxy.control.pool import Incarnation, Pool, Replica, ReplicaState
 log = logging.getLogger(__name__)
 
 
-async def probe(session: aiohttp.ClientSession, url: str, timeout: float) -> bool:
-    """True when ``url``/heartbeat answers 200 within ``timeout`` seconds."""
+_DEFAULT_CHECK = HealthConfig()
+
+
+async def probe(
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: float,
+    check: HealthConfig = _DEFAULT_CHECK,
+) -> bool:
+    """True when ``check.method url+check.path`` answers a status in ``check.status`` within
+    ``timeout`` seconds. Redirects are not followed: like HAProxy's ``http-check``, the
+    status range alone decides."""
+    low, high = check.status
     try:
-        async with session.get(
-            f"{url}/heartbeat", timeout=aiohttp.ClientTimeout(total=timeout)
+        async with session.request(
+            check.method,
+            url + check.path,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            allow_redirects=False,
         ) as resp:
             await resp.read()
-            return resp.status == 200
+            return low <= resp.status <= high
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False
 
@@ -64,7 +78,10 @@ class HealthMonitor:
         if not targets:
             return
         results = await asyncio.gather(
-            *(probe(self._session, inc.url, self._config.timeout) for _, inc in targets)
+            *(
+                probe(self._session, inc.url, self._config.timeout, self._config)
+                for _, inc in targets
+            )
         )
         for (replica, incarnation), ok in zip(targets, results, strict=True):
             if replica.state not in watched or not self._pool.is_current(replica, incarnation):
@@ -109,6 +126,7 @@ async def wait_ready(
     check_timeout: float,
     dead: Callable[[], bool],
     poll: float = 0.05,
+    check: HealthConfig = _DEFAULT_CHECK,
 ) -> bool:
     """Poll a new replica fast until ``rise`` heartbeats pass in a row; False on timeout/death."""
     loop = asyncio.get_running_loop()
@@ -117,7 +135,8 @@ async def wait_ready(
     while loop.time() < deadline:
         if dead():
             return False
-        if await probe(session, url, min(check_timeout, max(0.05, deadline - loop.time()))):
+        left = min(check_timeout, max(0.05, deadline - loop.time()))
+        if await probe(session, url, left, check):
             passes += 1
             if passes >= rise:
                 return True

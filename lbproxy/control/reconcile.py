@@ -101,13 +101,15 @@ class Reconciler:
                 rise=self._config.health.rise,
                 timeout=self._config.start_timeout,
                 check_timeout=self._config.health.timeout,
+                check=self._config.health,
                 dead=lambda: incarnation.dead,
             )
             if not ready:
                 why = (
                     "exited during startup"
                     if incarnation.dead
-                    else f"did not answer /heartbeat within {self._config.start_timeout:g}s"
+                    else f"did not answer {self._config.health.path} within "
+                    f"{self._config.start_timeout:g}s"
                 )
                 raise BackendError(f"replica {replica.name!r} {why}")
         except BaseException:
@@ -142,6 +144,7 @@ class Reconciler:
                         rise=1,
                         timeout=self._config.start_timeout,
                         check_timeout=self._config.health.timeout,
+                        check=self._config.health,
                         dead=lambda inc=inc: inc.dead,  # type: ignore[misc]
                     )
                     for inc in incarnations
