@@ -1,0 +1,318 @@
+"""HTTP/1.1 conformance of the relay, case by case, against a scripted upstream.
+
+Each case feeds the balancer what a client or a replica can really send and checks the
+client gets exactly its own answer, well framed, and that the next client (on the same
+pooled upstream connection) still does: the desyncs issue 9 found. Run the suite with
+``.venv/bin/python -m pytest tests/test_conformance.py -v``; docs/conformance.md has the
+table of cases, before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from lbproxy.config import ProxyConfig
+from tests.conformance_kit import Close, Reset, Stall, answer, get, rig
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.inprocess
+
+SMUGGLED = b"GET /s/smuggled HTTP/1.1\r\nHost: lb.test\r\nX-Tag: evil\r\n\r\n"
+
+
+# -- critical: Connection naming framing fields or Host (RFC 9110 7.6.1, RFC 9112 6) -----------
+
+
+@pytest.mark.parametrize("token", ["Content-Length", "content-length, keep-alive"])
+async def test_connection_naming_content_length_is_400_and_nothing_smuggled(token: str) -> None:
+    async with rig() as r:
+        c = await r.client()
+        req = (
+            f"POST /ok HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\nConnection: keep-alive, {token}"
+            f"\r\nContent-Length: {len(SMUGGLED)}\r\n\r\n"
+        ).encode() + SMUGGLED
+        resp = await c.request(req)
+        assert resp.status == 400
+        assert all(s.path != b"/s/smuggled" for s in r.upstream.requests())
+        await r.next_client_is_served()
+        assert all(s.path != b"/s/smuggled" for s in r.upstream.requests())
+
+
+async def test_connection_naming_transfer_encoding_is_400() -> None:
+    async with rig() as r:
+        c = await r.client()
+        body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
+        req = (
+            b"POST /ok HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\n"
+            b"Connection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+        )
+        resp = await c.request(req)
+        assert resp.status == 400
+        await r.next_client_is_served()
+        assert all(s.path != b"/s/smuggled" for s in r.upstream.requests())
+
+
+async def test_connection_naming_host_is_400_never_hostless() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/ok", "a", "Connection: Host"))
+        assert resp.status == 400
+        assert all(s.header(b"host") for s in r.upstream.requests())
+        await r.next_client_is_served()
+
+
+# -- critical: upstream 1xx (RFC 9110 15.2) ---------------------------------------------------
+
+EARLY_HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+
+
+async def test_103_early_hints_is_forwarded_then_the_final_answer() -> None:
+    async with rig({"hints": [EARLY_HINTS, answer(200, b"final")]}) as r:
+        c = await r.client()
+        c.send(get("/s/hints", "a"))
+        interims, resp = await c.read_response()
+        assert [i.status for i in interims] == [103]
+        assert interims[0].one("Link") == b"</style.css>; rel=preload"
+        assert resp.status == 200 and resp.tag == b"a" and resp.body == b"final"
+        # the same client connection and the next client stay in step
+        assert (await c.request(get("/ok", "a2"))).tag == b"a2"
+        await r.next_client_is_served()
+
+
+async def test_1xx_sent_in_separate_packets_never_ends_the_exchange() -> None:
+    gate = Stall()
+    async with rig({"slow-hints": [EARLY_HINTS, gate, answer(200, b"final")]}) as r:
+        c = await r.client()
+        c.send(get("/s/slow-hints", "a"))
+        first = await c.read_head()
+        assert first.status == 103
+        gate.event.set()
+        _, resp = await c.read_response()
+        assert resp.status == 200 and resp.tag == b"a"
+        await r.next_client_is_served()
+
+
+async def test_102_and_several_1xx_before_the_final_answer() -> None:
+    script = [
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        EARLY_HINTS,
+        EARLY_HINTS,
+        answer(201, b"made", reason="Created"),
+    ]
+    async with rig({"many": script}) as r:
+        c = await r.client()
+        c.send(get("/s/many", "a"))
+        interims, resp = await c.read_response()
+        assert [i.status for i in interims] == [102, 103, 103]
+        assert resp.status == 201 and resp.tag == b"a"
+        await r.next_client_is_served()
+
+
+async def test_unasked_100_continue_is_dropped() -> None:
+    """The balancer answers Expect itself, so a replica's 100 is never one the client asked
+    for through us: dropped, and the final answer still reaches the right client."""
+    async with rig({"cont": [b"HTTP/1.1 100 Continue\r\n\r\n", answer(200, b"final")]}) as r:
+        c = await r.client()
+        c.send(get("/s/cont", "a"))
+        interims, resp = await c.read_response()
+        assert interims == [] and resp.status == 200 and resp.tag == b"a"
+        await r.next_client_is_served()
+
+
+async def test_1xx_is_not_sent_to_an_http10_client() -> None:
+    """RFC 9110 15.2: a server MUST NOT send a 1xx response to an HTTP/1.0 client."""
+    async with rig({"hints": [EARLY_HINTS, answer(200, b"final")]}) as r:
+        c = await r.client()
+        c.send(get("/s/hints", "a", version="1.0"))
+        interims, resp = await c.read_response()
+        assert interims == [] and resp.status == 200 and resp.body == b"final"
+        await r.next_client_is_served()
+
+
+# -- high: bodiless answers (RFC 9112 6.3) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 304 Not Modified\r\nX-Answer: {tag}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nX-Answer: {tag}\r\nContent-Length: 120\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-Answer: {tag}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nX-Answer: {tag}\r\n\r\n",
+    ],
+    ids=["304-chunked", "304-length", "204-chunked", "204-plain"],
+)
+async def test_bodiless_answers_keep_the_connection_in_step(head: bytes) -> None:
+    async with rig({"bodiless": [head]}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/bodiless", "a"))
+        assert resp.status in (204, 304) and resp.tag == b"a"
+        assert b"chunked" not in b"".join(resp.header("Transfer-Encoding")).lower()
+        # a stray 0\r\n\r\n would be read here instead of the next status line
+        nxt = await c.request(get("/ok", "a2"))
+        assert nxt.status == 200 and nxt.tag == b"a2"
+        await r.next_client_is_served()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\nContent-Length: 1234\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\n\r\n",
+    ],
+    ids=["length", "chunked", "unframed"],
+)
+async def test_head_answers_have_no_body_and_keep_step(head: bytes) -> None:
+    async with rig({"head": [head]}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/head", "a", method="HEAD"), method=b"HEAD")
+        assert resp.status == 200 and resp.tag == b"a"
+        if b"1234" in head:
+            assert resp.one("Content-Length") == b"1234"  # metadata of a HEAD answer
+        nxt = await c.request(get("/ok", "a2"))
+        assert nxt.status == 200 and nxt.tag == b"a2"
+        await r.next_client_is_served()
+
+
+async def test_head_on_a_missing_path_is_answered_at_once() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/s/missing", "a", method="HEAD"), method=b"HEAD")
+        assert resp.status == 400  # SPEC: the replicas' 404 becomes the balancer's 400
+        nxt = await c.request(get("/ok", "a2"))
+        assert nxt.status == 200 and nxt.tag == b"a2"
+
+
+# -- high: h2c offers are ignored (RFC 9110 7.8, RFC 9113 3.1) ---------------------------------
+
+H2C = ("Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__")
+
+
+async def test_h2c_offer_is_ignored() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/ok", "a", *H2C))
+        assert resp.status == 200 and resp.tag == b"a"
+        (seen,) = r.upstream.requests()
+        assert not seen.header(b"upgrade") and not seen.header(b"http2-settings")
+        nxt = await c.request(get("/ok", "a2"))
+        assert nxt.status == 200 and nxt.tag == b"a2"
+
+
+async def test_h2c_offer_with_a_body_forwards_the_body() -> None:
+    async with rig({"echo": lambda s: [answer(200, s.body)]}) as r:
+        c = await r.client()
+        req = (
+            "POST /s/echo HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\n" + "\r\n".join(H2C) + "\r\n"
+            "Content-Length: 5\r\n\r\nhello"
+        ).encode()
+        resp = await c.request(req)
+        assert resp.status == 200 and resp.body == b"hello"
+        nxt = await c.request(get("/ok", "a2"))
+        assert nxt.status == 200 and nxt.tag == b"a2"
+
+
+# -- high: a client that stops reading must not leave a paused pooled connection ---------------
+
+
+async def test_client_that_stops_reading_leaves_no_paused_upstream() -> None:
+    """Client A reads nothing; the response that pushes A's buffer over its high-water mark
+    ends in the same read: the upstream connection must go back to the pool reading."""
+    big = b"x" * 1_000_000
+    async with rig({"fill": [answer(200, big)], "small": [answer(200, b"y" * 20_000)]}) as r:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(raw, (r.host, r.port))
+        reader, writer = await asyncio.open_connection(sock=raw)
+        front = r.server.frontend
+        assert front is not None
+        await wait_for(lambda: len(front.clients) == 1)
+        (client_a,) = front.clients
+        transport = client_a.transport
+        assert transport is not None
+        # small fixed kernel buffers: the answers pile up in the transport, as for a slow
+        # client on a real network
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport.set_write_buffer_limits(high=64 * 1024 * 1024)
+        writer.write(get("/s/fill", "a"))
+        replica = next(iter(r.server.balancer.pool.replicas()))
+        await wait_for(lambda: replica.served == 1)
+        # the whole 1 MB answer sits in A's buffers; one more answer crosses the mark
+        transport.set_write_buffer_limits(high=transport.get_write_buffer_size() + 1000)
+        writer.write(get("/s/small", "a2"))
+        await wait_for(lambda: replica.served == 2)
+        await r.next_client_is_served()
+        writer.transport.abort()
+        del reader
+
+
+# -- framing from the upstream: reset, close-delimited, junk ----------------------------------
+
+
+async def test_close_delimited_answer_is_relayed_whole() -> None:
+    script = [b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\n\r\npart one, ", b"part two", Close()]
+    async with rig({"eof": script}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/eof", "a"))
+        assert resp.status == 200 and resp.body == b"part one, part two"
+        assert resp.ended in ("chunked", "close")
+        await r.next_client_is_served()
+
+
+async def test_reset_of_close_delimited_answer_is_not_relayed_as_complete() -> None:
+    gate = Stall()
+    script = [b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\n\r\npartial", gate, Reset()]
+    async with rig({"rst": script}) as r:
+        c = await r.client()
+        c.send(get("/s/rst", "a"))
+        head = await c.read_head()
+        assert head.status == 200
+        await r.upstream.stalled.wait()
+        gate.event.set()
+        resp = await c.read_response_body(head)
+        assert resp.ended in ("truncated", "reset"), resp.ended
+        await r.next_client_is_served()
+
+
+async def test_junk_after_an_answer_never_reaches_the_next_client() -> None:
+    junk = b"HTTP/1.1 200 OK\r\nX-Answer: stale\r\nContent-Length: 5\r\n\r\nstale"
+    async with rig({"junk": [answer(200, b"mine") + junk]}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/junk", "a"))
+        assert resp.status == 200 and resp.body == b"mine"
+        for i in range(3):
+            await r.next_client_is_served(f"next{i}")
+
+
+async def test_truncated_length_answer_is_cut_not_completed() -> None:
+    gate = Stall()
+    script = [
+        b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\nContent-Length: 100\r\n\r\nshort",
+        gate,
+        Close(),
+    ]
+    async with rig({"cut": script}) as r:
+        c = await r.client()
+        c.send(get("/s/cut", "a"))
+        head = await c.read_head()
+        await r.upstream.stalled.wait()
+        gate.event.set()
+        resp = await c.read_response_body(head)
+        assert resp.ended in ("truncated", "reset")
+        await r.next_client_is_served()
+
+
+@pytest.mark.parametrize("timeout", [0.3])
+async def test_stalled_replica_gets_504_and_next_client_is_fine(timeout: float) -> None:
+    gate = Stall()
+    async with rig({"stall": [gate]}, proxy=ProxyConfig(read_timeout=timeout)) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/stall", "a"))
+        assert resp.status == 504
+        gate.event.set()
+        await r.next_client_is_served()
