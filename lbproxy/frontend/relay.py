@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import cast
@@ -30,6 +31,8 @@ import httptools
 from lbproxy.config import ProxyConfig
 from lbproxy.control.pool import Pool, Replica
 from lbproxy.errors import EmptyRingError, failure_body
+from lbproxy.frontend import framing
+from lbproxy.frontend.framing import Out
 from lbproxy.frontend.phases import (
     LOOP_LAG,
     M_ACQUIRED,
@@ -48,23 +51,11 @@ log = logging.getLogger(__name__)
 REQUEST_ID = "X-Request-ID"
 _RID = b"x-request-id"
 
-#: RFC 9110 7.6.1 hop-by-hop fields, never forwarded in either direction; plus the ones
-#: this proxy sets itself (X-Request-ID, framing) or answers itself (Expect).
-_SKIP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"expect",
-        _RID,
-    }
-)
+#: Request fields never forwarded: hop-by-hop ones (framing.HOP_BY_HOP), and the ones this
+#: proxy sets itself (X-Request-ID) or answers itself (Expect).
+_SKIP = framing.HOP_BY_HOP | {b"expect", _RID}
+#: Response fields never forwarded (the proxy adds its own X-Request-ID).
+_SKIP_RESP = framing.HOP_BY_HOP | {_RID}
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RESERVED_EXACT = frozenset({b"/rep", b"/add", b"/rm"})
 RESERVED_PREFIX = b"/lbproxy/"
@@ -72,15 +63,17 @@ RESERVED_PREFIX = b"/lbproxy/"
 REPLAY_LIMIT = 1024 * 1024
 #: Largest request line + headers accepted (431 beyond).
 MAX_HEAD_BYTES = 64 * 1024
+#: Longest request target accepted (414 beyond; NGINX's default buffer is 8 KiB).
+MAX_URL_BYTES = 16 * 1024
+#: Requests a client may queue behind the one being relayed before we stop reading its
+#: socket (pipelining is bounded as uvicorn's httptools_impl and aiohttp's web_protocol do).
+MAX_PIPELINE = 8
 #: Latency histogram bucket bounds, seconds (Prometheus-style cumulative on export).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
-def _connection_tokens(value: bytes) -> frozenset[bytes]:
-    """Header names a Connection header declares hop-by-hop (RFC 9110 7.6.1)."""
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+#: A syntactically valid request line (RFC 9112 3): method token, target, version.
+_REQUEST_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
 
 
 def random_request_id() -> str:
@@ -89,33 +82,25 @@ def random_request_id() -> str:
 
 
 def json_response(
-    status: int, body: dict[str, object], request_id: bytes, keep_alive: bool
+    status: int,
+    body: dict[str, object],
+    request_id: bytes,
+    keep_alive: bool,
+    head_only: bool = False,
 ) -> bytes:
+    """The balancer's own answer (SPEC's JSON shape); no body for a HEAD request."""
     payload = json.dumps(body).encode()
-    reason = _REASONS.get(status, b"Error")
     return b"".join(
         (
-            b"HTTP/1.1 %d %s\r\n" % (status, reason),
+            framing.status_line(status),
             b"Content-Type: application/json; charset=utf-8\r\n",
             b"Content-Length: %d\r\n" % len(payload),
             b"X-Request-ID: " + request_id + b"\r\n" if request_id else b"",
             b"" if keep_alive else b"Connection: close\r\n",
             b"\r\n",
-            payload,
+            b"" if head_only else payload,
         )
     )
-
-
-_REASONS = {
-    400: b"Bad Request",
-    404: b"Not Found",
-    408: b"Request Timeout",
-    413: b"Payload Too Large",
-    431: b"Request Header Fields Too Large",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 @dataclass(slots=True)
@@ -198,13 +183,20 @@ class Frontend:
 
 
 class Exchange:
-    """One client request and its relay to an upstream; the sink of that upstream's response."""
+    """One client request and its relay to an upstream; the sink of that upstream's response.
+
+    Counters have one settle point (``_settle``), idempotent: ``counted`` says whether this
+    exchange holds one of ``front.in_flight``, ``charged`` which replica's ``in_flight`` it
+    holds. Every ending (answer, failure, client gone, retry) goes through it, so drain and
+    ``--bounded-load`` see true figures whatever path an exchange takes.
+    """
 
     __slots__ = (
         "attempts",
         "body",
         "body_len",
         "candidates",
+        "charged",
         "chunked_in",
         "client",
         "complete",
@@ -212,12 +204,15 @@ class Exchange:
         "conn_tokens",
         "connecting",
         "control",
+        "counted",
         "dead",
         "expect_continue",
         "front",
-        "has_host",
         "head",
         "headers",
+        "hosts",
+        "http11",
+        "interim",
         "keep_alive",
         "key",
         "last_activity",
@@ -229,17 +224,19 @@ class Exchange:
         "replayable",
         "replica",
         "request_id",
-        "resp_chunked_out",
         "resp_conn_tokens",
-        "resp_framed",
+        "resp_eof",
         "resp_headers",
         "resp_keep_alive",
+        "resp_out",
         "resp_reason",
         "resp_started",
         "resp_status",
         "sent",
         "start",
         "swallow",
+        "te_codings",
+        "upgrade",
         "url",
     )
 
@@ -252,17 +249,22 @@ class Exchange:
         self.body_len = 0
         self.complete = False
         self.chunked_in = False
+        self.te_codings: tuple[bytes, ...] = ()
         self.expect_continue = False
-        self.has_host = False
+        self.hosts = 0
+        self.upgrade: frozenset[bytes] = frozenset()
         self.conn_tokens: frozenset[bytes] = frozenset()
         self.request_id = b""
         self.key: str | None = None
         self.method = b""
         self.path = b""
         self.keep_alive = True
+        self.http11 = True
         self.control = False
         self.candidates: object = None
         self.replica: Replica | None = None
+        self.charged: Replica | None = None
+        self.counted = False
         self.conn: UpstreamConnection | None = None
         self.connecting = False
         self.attempts = 0
@@ -270,13 +272,14 @@ class Exchange:
         self.sent = False
         self.head = b""
         self.out: list[bytes] = []
+        self.interim = False
         self.resp_status = 0
         self.resp_reason = b""
         self.resp_headers: list[tuple[bytes, bytes]] = []
         self.resp_conn_tokens: frozenset[bytes] = frozenset()
         self.resp_started = False
-        self.resp_chunked_out = False
-        self.resp_framed = True
+        self.resp_out = Out.LENGTH
+        self.resp_eof = False
         self.resp_keep_alive = True
         self.swallow = False
         self.dead = False
@@ -293,9 +296,19 @@ class Exchange:
     # -- request side ---------------------------------------------------------------------
 
     def headers_done(self, parser: httptools.HttpRequestParser) -> None:
-        """Headers parsed: decide the target and the head to send upstream."""
+        """Headers parsed: check them, decide the target and the head to send upstream."""
         self.method = parser.get_method()
         self.keep_alive = parser.should_keep_alive()
+        self.http11 = parser.get_http_version() == "1.1"
+        tokens = self.conn_tokens
+        if tokens:
+            bad = framing.protected_token(tokens)
+            if bad is not None:
+                raise _Refuse(400, f"the Connection header may not name {bad.decode('latin-1')!r}")
+        if self.hosts > 1:
+            raise _Refuse(400, "more than one Host header")
+        if not self.hosts and self.http11:
+            raise _Refuse(400, "an HTTP/1.1 request needs a Host header (RFC 9112 3.2)")
         url = self.url
         q = url.find(b"?")
         self.path = url if q < 0 else url[:q]
@@ -310,7 +323,6 @@ class Exchange:
         self.key = self.front.key.extract(url, self.headers, self.client.transport)
         lines = [self.method, b" ", url, b" HTTP/1.1\r\n"]
         append = lines.append
-        tokens = self.conn_tokens
         for name, value in self.headers:
             lname = name.lower()
             if lname in _SKIP or (tokens and lname in tokens):
@@ -319,13 +331,13 @@ class Exchange:
             append(b": ")
             append(value)
             append(b"\r\n")
-        if not self.has_host:
+        if not self.hosts:
             append(b"Host: lbproxy-upstream\r\n")
         append(b"X-Request-ID: ")
         append(rid)
         append(b"\r\n")
         if self.chunked_in:
-            append(b"Transfer-Encoding: chunked\r\n")
+            append(framing.chunked_field(self.te_codings))
         append(b"\r\n")
         self.head = b"".join(lines)
         self.headers = []
@@ -343,12 +355,14 @@ class Exchange:
             conn.write(chunk)
             if not self.replayable:
                 self.body = []
-        elif not self.replayable:
+        elif not self.replayable and not self.dead:
             self.body.append(chunk)  # not connected yet: must hold it until we are
-            self.client.set_reading(False)
+            self.client.pause(_HOLD)
 
     def body_done(self) -> None:
         self.complete = True
+        if self.sent:
+            self.last_activity = self.front.loop.time()  # the replica's turn starts now
         if self.chunked_in:
             tail = b"0\r\n\r\n"
             if self.replayable:
@@ -363,13 +377,16 @@ class Exchange:
 
     def begin(self) -> None:
         """Start relaying (the exchange is at the head of its client's queue)."""
+        if self.dead:  # the client left before its turn came
+            return
         front = self.front
         front.in_flight += 1
+        self.counted = True
         front.stats.requests += 1
         self.start = self.last_activity = front.loop.time()
         if self.marks is not None:
             self.marks[M_STARTED] = self.start
-        if self.expect_continue:
+        if self.expect_continue and self.http11 and not self.complete:
             self.client.write(_CONTINUE)
         control_key = front.control_key
         if self.control and control_key is not None:
@@ -410,7 +427,7 @@ class Exchange:
         if self.attempts > 1:
             front.stats.retries += 1
         self.replica = replica
-        replica.in_flight += 1
+        self._charge(replica)
         # An idle connection (LIFO), else a slot under --max-conns-per-replica (then
         # on_connect_slot opens one), else a place in the replica's FIFO queue.
         conn = front.upstreams.acquire(replica.url, self, front.config.max_conns_per_replica)
@@ -495,33 +512,53 @@ class Exchange:
         if self.marks is not None:
             self.marks[M_ACQUIRED] = self.front.loop.time()
         self.sent = True
+        self.interim = False
         self.resp_status = 0
         self.resp_headers = []
         self.resp_conn_tokens = frozenset()
         self.resp_reason = b""
+        if self.complete:
+            self.last_activity = self.front.loop.time()
+        if self.client.writing_paused:
+            conn.set_reading(False)  # the client reads nothing yet: neither do we
         body = self.body
         if body:
             conn.send(self, self.head + b"".join(body))
             if not self.replayable:
                 self.body = []
-                self.client.set_reading(True)
+                self.client.unpause(_HOLD)
         else:
             conn.send(self, self.head)
 
     def _drop_replica(self) -> None:
         """Leave the current replica without charging it a failure."""
-        replica = self.replica
-        if replica is not None:
-            replica.in_flight -= 1
-            self.replica = None
+        self._discharge()
+        self.replica = None
+
+    def _charge(self, replica: Replica) -> None:
+        self._discharge()
+        replica.in_flight += 1
+        self.charged = replica
+
+    def _discharge(self) -> None:
+        charged = self.charged
+        if charged is not None:
+            self.charged = None
+            charged.in_flight -= 1
+
+    def _settle(self) -> None:
+        """The one place counters are given back; safe to call any number of times."""
+        self._discharge()
+        if self.counted:
+            self.counted = False
+            self.front.in_flight -= 1
 
     def _upstream_failed(self, kind: str) -> None:
         """Book-keeping for a failed attempt on the current replica."""
+        self._discharge()
         replica = self.replica
-        if replica is not None:
-            replica.in_flight -= 1
+        if replica is not None and not self.control:
             self.front.pool.note_failure(replica, kind)
-            self.replica = None if self.replayable else replica
 
     # -- the response (ResponseSink) ----------------------------------------------------
 
@@ -531,37 +568,53 @@ class Exchange:
     def on_upstream_header(self, name: bytes, value: bytes) -> None:
         # len() first: lower-casing every header name just to find this one is wasted work
         if len(name) == 10 and name.lower() == b"connection":
-            self.resp_conn_tokens = _connection_tokens(value)
+            self.resp_conn_tokens = framing.connection_tokens(value, self.resp_conn_tokens)
         self.resp_headers.append((name, value))
 
     def on_upstream_headers_complete(self, conn: UpstreamConnection) -> None:
-        status = conn.parser.get_status_code()
-        if 100 <= status < 200:  # an interim response: ours to drop, a final one follows
+        if self.dead:
+            return
+        parser = conn.parser
+        status = parser.get_status_code()
+        self.last_activity = self.front.loop.time()
+        if status < 200:
+            # An interim answer (RFC 9110 15.2): llhttp completes it as a message of its own;
+            # on_upstream_complete must not take that for the end of the exchange.
+            self.interim = True
+            if framing.forward_interim(status, self.http11):
+                lines = [framing.status_line(status, self.resp_reason)]
+                lines += framing.header_block(self.resp_headers, self.resp_conn_tokens)
+                lines.append(b"\r\n")
+                self.client.write(b"".join(lines))
             self.resp_headers = []
             self.resp_conn_tokens = frozenset()
             self.resp_reason = b""
             return
         self.resp_status = status
-        self.resp_keep_alive = conn.parser.should_keep_alive()
-        self.last_activity = self.front.loop.time()
+        self.resp_keep_alive = parser.should_keep_alive()
+        method = self.method
         if self.marks is not None:
             self.marks[M_RESPONSE] = self.last_activity
         if status == 404 and not self.control:
             self.swallow = True
+            if method == b"HEAD":
+                self._head_answered(conn)
             return
-        chunked = False
-        framed = status in (204, 304) or self.method == b"HEAD"
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason or b"OK")]
+        has_length = False
+        codings: tuple[bytes, ...] = ()
+        lines = [framing.status_line(status, self.resp_reason)]
         append = lines.append
         tokens = self.resp_conn_tokens
         for name, value in self.resp_headers:
             lname = name.lower()
-            if lname in _SKIP or (tokens and lname in tokens):
-                if lname == b"transfer-encoding" and b"chunked" in value.lower():
-                    chunked = True
+            if lname in _SKIP_RESP or (tokens and lname in tokens):
+                if lname == b"transfer-encoding":
+                    codings = framing.transfer_codings(value, codings)
                 continue
             if lname == b"content-length":
-                framed = True
+                has_length = True
+                if not framing.keep_framing_field(lname, status):
+                    continue
             append(name)
             append(b": ")
             append(value)
@@ -569,30 +622,61 @@ class Exchange:
         append(b"X-Request-ID: ")
         append(self.request_id)
         append(b"\r\n")
-        self.resp_framed = framed or chunked
-        if chunked or not framed:
-            # Re-chunk: httptools hands us de-chunked data; an unframed (read-until-close)
-            # body becomes chunked too, so the client connection can stay alive.
-            self.resp_chunked_out = True
-            append(b"Transfer-Encoding: chunked\r\n")
+        out = self.resp_out = framing.response_framing(
+            method, status, has_length and not codings, self.http11
+        )
+        # A body neither length-framed nor chunked (nor absent) ends when the replica closes.
+        self.resp_eof = out is not Out.NONE and not has_length and not framing.is_chunked(codings)
+        if out is Out.CHUNKED:
+            append(framing.chunked_field(codings))
+        elif out is Out.CLOSE:
+            self.keep_alive = False
+        if not self.complete:
+            # The answer came before the whole request: the rest of the body would have to
+            # be read and thrown away to keep the connection; close it instead.
+            self.keep_alive = False
         if not self.keep_alive:
             append(b"Connection: close\r\n")
+        elif not self.http11:
+            append(b"Connection: keep-alive\r\n")
         append(b"\r\n")
         self.resp_headers = []
         self.out.append(b"".join(lines))
         self.resp_started = True
-        if self.method == b"HEAD":
-            # llhttp cannot be told this response has no body: finish it here and drop
-            # the connection rather than let the parser wait for bytes that never come.
-            self.client.write(b"".join(self.out))
-            self.out = []
-            conn.abort()
-            self._finish(reusable=False)
+        if method == b"HEAD":
+            self._head_answered(conn)
+
+    def _head_answered(self, conn: UpstreamConnection) -> None:
+        """The answer to HEAD is complete at its head: llhttp cannot be told that it has no
+        body (it would wait for the Content-Length bytes), so the connection is dropped."""
+        if self.swallow:
+            self._swallowed_answer()
+        self.on_upstream_data_done()
+        conn.abort()
+        self.conn = None
+        self._finish(reusable=False)
+
+    def _swallowed_answer(self) -> None:
+        """SPEC: a path the replicas do not have is the balancer's 400, not their 404."""
+        self.out = [
+            json_response(
+                400,
+                failure_body(
+                    f"'{self.path.decode('latin-1')}' endpoint does not exist in server replicas"
+                ),
+                self.request_id,
+                self.keep_alive and self.complete,
+                self.method == b"HEAD",
+            )
+        ]
+        if not self.complete:
+            self.keep_alive = False
+        self.resp_started = True
 
     def on_upstream_body(self, body: bytes) -> None:
-        if self.swallow:
+        if self.swallow or self.dead:
             return
-        if self.resp_chunked_out:
+        if self.resp_out is Out.CHUNKED:
             self.out.append(b"%x\r\n%s\r\n" % (len(body), body))
         else:
             self.out.append(body)
@@ -605,20 +689,14 @@ class Exchange:
         self.last_activity = self.front.loop.time()
 
     def on_upstream_complete(self, conn: UpstreamConnection) -> None:
+        if self.interim:  # the end of a 1xx: the final answer follows on this connection
+            self.interim = False
+            return
+        if self.dead:
+            return
         if self.swallow:
-            self.out = [
-                json_response(
-                    400,
-                    failure_body(
-                        f"'{self.path.decode('latin-1')}' endpoint does not exist in "
-                        "server replicas"
-                    ),
-                    self.request_id,
-                    self.keep_alive,
-                )
-            ]
-            self.resp_started = True
-        elif self.resp_chunked_out:
+            self._swallowed_answer()
+        elif self.resp_out is Out.CHUNKED:
             self.out.append(b"0\r\n\r\n")
         self.on_upstream_data_done()
         self._finish(reusable=self.resp_keep_alive and self.complete)
@@ -628,18 +706,20 @@ class Exchange:
             return
         self.conn = None
         kind = "reset" if exc is not None else "closed"
-        if self.resp_started:
-            if self.resp_status and not self.resp_framed and not self.swallow:
-                # A read-until-close body (no length, not chunked) ends this way.
-                self.out.append(b"0\r\n\r\n")
+        if self.resp_status:
+            if self.resp_eof and exc is None and not self.interim:
+                # A read-until-close body ends this way, and only a clean close ends it:
+                # a reset is a truncation (RFC 9112 8), never relayed as complete.
+                if self.swallow:
+                    self._swallowed_answer()
+                elif self.resp_out is Out.CHUNKED:
+                    self.out.append(b"0\r\n\r\n")
                 self.on_upstream_data_done()
                 self._finish(reusable=False)
                 return
             self.front.stats.error("truncated")
             self._upstream_failed("truncated")
-            self.dead = True
-            self.front.in_flight -= 1
-            self.client.abort()
+            self._abandon()
             return
         self.front.stats.error(kind)
         self._upstream_failed(kind)
@@ -653,7 +733,10 @@ class Exchange:
         self.fail(502, f"replica {name!r} failed before answering")
 
     def on_upstream_writable(self, writable: bool) -> None:
-        self.client.set_reading(writable)
+        if writable:
+            self.client.unpause(_BACKPRESSURE)
+        else:
+            self.client.pause(_BACKPRESSURE)
 
     # -- endings -------------------------------------------------------------------------
 
@@ -665,9 +748,7 @@ class Exchange:
         self.front.stats.error("read_timeout")
         self._upstream_failed("read_timeout")
         if self.resp_started:
-            self.dead = True
-            self.front.in_flight -= 1
-            self.client.abort()
+            self._abandon()
         else:
             self.fail(504, "the replica did not answer in time")
 
@@ -677,25 +758,56 @@ class Exchange:
         if conn is not None:
             conn.abort()
             self.conn = None
+        if self.resp_started:  # part of another answer is out: only closing is honest
+            self._abandon()
+            return
+        if not self.complete:
+            self.keep_alive = False
         self.front.stats.client_errors[status] = self.front.stats.client_errors.get(status, 0) + 1
-        self.out = [json_response(status, failure_body(message), self.request_id, self.keep_alive)]
+        self.out = [
+            json_response(
+                status,
+                failure_body(message),
+                self.request_id,
+                self.keep_alive,
+                self.method == b"HEAD",
+            )
+        ]
         self.resp_started = True
         self.on_upstream_data_done()
         self._finish(reusable=False)
+
+    def kill(self) -> None:
+        """The client is gone: drop the upstream side and give the counters back."""
+        if self.dead:
+            return
+        self.dead = True
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.abort()
+        self._settle()
+
+    def _abandon(self) -> None:
+        """A broken answer already partly sent: the client connection must be cut."""
+        self.kill()
+        self.client.abort()
 
     def _finish(self, reusable: bool) -> None:
         if self.dead:
             return
         self.dead = True
         front = self.front
-        front.in_flight -= 1
         conn = self.conn
+        client = self.client
         if conn is not None:
             self.conn = None
+            if reusable and client.writing_paused:
+                conn.set_reading(True)  # never pool a connection we paused for this client
             conn.release(reusable)
+        self._settle()
         replica = self.replica
         if replica is not None and not self.control:
-            replica.in_flight -= 1
             status = self.resp_status
             if status:
                 replica.served += 1
@@ -708,19 +820,28 @@ class Exchange:
                     front.pool.note_failure(replica, f"status {status}")
                 else:
                     replica.failures = 0
-        if not self.control:  # a dashboard stream's lifetime is no request latency
+        if not self.control and self.start:  # a dashboard stream's lifetime is no latency
             now = front.loop.time()
             front.stats.observe(now - self.start)
             marks = self.marks
             if marks is not None and front.phases is not None:
                 marks[M_DONE] = now
                 front.phases.observe_marks(marks)
-        self.client.exchange_done(self)
+        if client.paused:
+            client.unpause(_BACKPRESSURE | _HOLD)
+        client.exchange_done(self)
 
 
 def _consume(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("upstream connect task failed", exc_info=task.exception())
+
+
+#: Why a client connection's reading is paused (a bit each; reading resumes at zero).
+_BACKPRESSURE = 1  # the upstream cannot take the request body as fast as it arrives
+_HOLD = 2  # a body too large to replay is held until the upstream connection is open
+_PIPELINE = 4  # MAX_PIPELINE requests wait behind the one being relayed
+_REFUSED = 8  # the connection ends with an error answer once earlier answers are out
 
 
 class ClientConnection(asyncio.Protocol):
@@ -736,7 +857,13 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = front.loop.time()
         self.closed = False
         self.stopping = False
-        self.reading = True
+        self.paused = 0
+        self.writing_paused = False
+        #: An exchange whose upgrade offer (h2c) was ignored and whose body follows the
+        #: bytes llhttp stopped at; a fresh parser reads that body for it.
+        self.resume: Exchange | None = None
+        self.resume_armed = False
+        self.refusal: tuple[int, str] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -746,10 +873,12 @@ class ClientConnection(asyncio.Protocol):
         self.front.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.refusal is not None:
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reject(501, "protocol upgrades (websocket) are not supported")
+        except httptools.HttpParserUpgrade as exc:
+            self._after_upgrade(data[cast(int, exc.args[0]) :])
         except httptools.HttpParserCallbackError as exc:
             refusal = exc.__context__
             if isinstance(refusal, _Refuse):
@@ -757,50 +886,70 @@ class ClientConnection(asyncio.Protocol):
             else:
                 log.error("request handling failed", exc_info=refusal)
                 self._reject(400, "the request could not be handled")
+        except httptools.HttpParserInvalidMethodError as exc:
+            if _REQUEST_LINE.search(data):  # a well-formed line with a method llhttp lacks
+                self._reject(501, "request method not implemented (RFC 9110 9.1)")
+            else:
+                self._reject(400, f"malformed HTTP request: {exc}")
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}")
+
+    def _after_upgrade(self, rest: bytes) -> None:
+        """llhttp stops at an upgrade request's head; an ignored offer (h2c) goes on as
+        HTTP/1.1 on a fresh parser, which first reads that request's body, if any."""
+        ex = self.resume
+        self.parser = httptools.HttpRequestParser(self)
+        if ex is not None:
+            synthetic = (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                if ex.chunked_in
+                else b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % ex.body_len
+            )
+            ex.body_len = 0
+            self.resume_armed = True
+            self.parser.feed_data(synthetic)
+        if rest:
+            self.data_received(rest)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.front.clients.discard(self)
         for exchange in self.queue:
-            if not exchange.dead:
-                exchange.dead = True
-                if exchange.start:
-                    self.front.in_flight -= 1
-                conn = exchange.conn
-                if conn is not None:
-                    exchange.conn = None
-                    conn.abort()
-                replica = exchange.replica
-                if replica is not None and not exchange.control:
-                    replica.in_flight -= 1
+            exchange.kill()
         self.queue.clear()
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.queue and self.queue[0].conn is not None:
             self.queue[0].conn.set_reading(False)
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.queue and self.queue[0].conn is not None:
             self.queue[0].conn.set_reading(True)
 
     # -- httptools callbacks -------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.resume is not None:
+            return
         self.cur = Exchange(self)
         self.head_bytes = 0
         self.idle_since = self.front.loop.time()
 
     def on_url(self, url: bytes) -> None:
+        if self.resume is not None:
+            return
         cur = self.cur
         assert cur is not None
         cur.url += url
+        if len(cur.url) > MAX_URL_BYTES:
+            raise _Refuse(414, f"request target longer than {MAX_URL_BYTES} bytes")
         self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise _Refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.resume is not None:
+            return
         cur = self.cur
         assert cur is not None
         self.head_bytes += len(name) + len(value) + 4
@@ -808,10 +957,14 @@ class ClientConnection(asyncio.Protocol):
             raise _Refuse(431, f"request head larger than {MAX_HEAD_BYTES} bytes")
         lname = name.lower()
         if lname == _RID:
-            cur.request_id = value.strip()
+            rid = value.strip()
+            if len(rid) > framing.MAX_REQUEST_ID:
+                raise _Refuse(400, f"X-Request-ID longer than {framing.MAX_REQUEST_ID} bytes")
+            cur.request_id = rid
             return
         if lname == b"transfer-encoding":
-            cur.chunked_in = b"chunked" in value.lower()
+            cur.te_codings = framing.transfer_codings(value, cur.te_codings)
+            cur.chunked_in = framing.is_chunked(cur.te_codings)
         elif lname == b"content-length":
             try:
                 length = int(value)
@@ -823,29 +976,44 @@ class ClientConnection(asyncio.Protocol):
                     f"request body of {length} bytes exceeds the limit of "
                     f"{self.front.config.max_body_bytes} bytes",
                 )
+            cur.body_len = length  # until the body arrives: what an ignored upgrade reads
         elif lname == b"expect":
             cur.expect_continue = value.lower() == b"100-continue"
         elif lname == b"host":
-            cur.has_host = True
+            cur.hosts += 1
         elif lname == b"connection":
-            cur.conn_tokens = _connection_tokens(value)
+            cur.conn_tokens = framing.connection_tokens(value, cur.conn_tokens)
+        elif lname == b"upgrade":
+            cur.upgrade = cur.upgrade | framing.upgrade_protocols(value)
         cur.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.resume is not None:
+            return
         cur = self.cur
         assert cur is not None
         if self.parser.should_upgrade():
-            raise _Refuse(501, "protocol upgrades (websocket, CONNECT) are not supported")
+            if self.parser.get_method() == b"CONNECT" or not framing.only_h2c(cur.upgrade):
+                raise _Refuse(501, "protocol upgrades (websocket, CONNECT) are not supported")
+            # h2c offered: answer over HTTP/1.1 (RFC 9110 7.8); the body, if any, comes
+            # after the point where llhttp stops (see _after_upgrade).
+            if cur.body_len or cur.chunked_in:
+                self.resume = cur
+        else:
+            cur.body_len = 0
         if cur.marks is not None:
             cur.marks[M_HEAD] = self.front.loop.time()
         cur.headers_done(self.parser)
         self.queue.append(cur)
         if len(self.queue) == 1:
             cur.begin()
+        elif len(self.queue) > MAX_PIPELINE:
+            self.pause(_PIPELINE)
 
     def on_body(self, body: bytes) -> None:
-        cur = self.cur
+        cur = self.resume or self.cur
         assert cur is not None
+        self.idle_since = self.front.loop.time()  # a slow upload is alive while bytes come
         if cur.body_len + len(body) > self.front.config.max_body_bytes:
             raise _Refuse(
                 413, f"request body exceeds the limit of {self.front.config.max_body_bytes} bytes"
@@ -853,6 +1021,17 @@ class ClientConnection(asyncio.Protocol):
         cur.add_body(body)
 
     def on_message_complete(self) -> None:
+        resume = self.resume
+        if resume is not None:
+            if not self.resume_armed:
+                # the upgrade head itself completing: its body is still to come
+                self.cur = None
+                return
+            self.resume = None
+            self.resume_armed = False
+            resume.body_done()
+            self.idle_since = self.front.loop.time()
+            return
         cur = self.cur
         assert cur is not None
         cur.body_done()
@@ -865,15 +1044,19 @@ class ClientConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
-    def set_reading(self, on: bool) -> None:
-        transport = self.transport
-        if self.closed or transport is None or on == self.reading:
+    def pause(self, reason: int) -> None:
+        was = self.paused
+        self.paused = was | reason
+        if not was and not self.closed and self.transport is not None:
+            self.transport.pause_reading()
+
+    def unpause(self, reason: int) -> None:
+        was = self.paused
+        if not was & reason:
             return
-        self.reading = on
-        if on:
-            transport.resume_reading()
-        else:
-            transport.pause_reading()
+        self.paused = was & ~reason
+        if not self.paused and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     def exchange_done(self, exchange: Exchange) -> None:
         queue = self.queue
@@ -885,17 +1068,31 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = self.front.loop.time()
         if queue:
             self.front.loop.call_soon(queue[0].begin)
+        elif self.refusal is not None:
+            self._send_refusal()
+            return
+        if self.paused & _PIPELINE and len(queue) <= MAX_PIPELINE:
+            self.unpause(_PIPELINE)
 
     def check_timeouts(self, now: float, config: ProxyConfig) -> None:
         queue = self.queue
         if queue:
             exchange = queue[0]
+            # The read timeout is the replica's silence once it has the whole request (or
+            # since its last byte): a slow upload is the client's time, not the replica's.
             if (
                 exchange.sent
+                and exchange.complete
                 and not exchange.dead
                 and now - exchange.last_activity > config.read_timeout
             ):
                 exchange.on_read_timeout()
+            elif (
+                not exchange.complete
+                and exchange is self.cur
+                and now - self.idle_since > config.idle_timeout
+            ):
+                self._reject(408, "the request body did not arrive in time")
             return
         cur = self.cur
         if cur is not None and now - self.idle_since > config.header_timeout:
@@ -904,12 +1101,31 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def _reject(self, status: int, message: str) -> None:
-        """A request we refuse before relaying it: answer and close the connection."""
-        if self.closed:
+        """A request we refuse: answer it once the answers before it are out, then close.
+
+        A request cut short (a bad chunk, a body over the limit) whose exchange is already
+        relayed is dropped first: its upstream connection has half a request on it.
+        """
+        if self.closed or self.refusal is not None:
             return
         self.front.stats.client_errors[status] = self.front.stats.client_errors.get(status, 0) + 1
-        if not self.queue or all(e.dead for e in self.queue):
-            self.write(json_response(status, failure_body(message), b"", False))
+        self.refusal = (status, message)
+        self.pause(_REFUSED)
+        cur = self.resume or self.cur
+        self.cur = self.resume = None
+        if cur is not None and not cur.complete and cur in self.queue:
+            if cur.resp_started:
+                cur._abandon()
+                return
+            cur.kill()
+            self.queue.remove(cur)
+        if not self.queue:
+            self._send_refusal()
+
+    def _send_refusal(self) -> None:
+        assert self.refusal is not None
+        status, message = self.refusal
+        self.write(json_response(status, failure_body(message), b"", False))
         self.close()
 
     def stop_after_current(self) -> None:
