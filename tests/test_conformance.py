@@ -316,3 +316,171 @@ async def test_stalled_replica_gets_504_and_next_client_is_fine(timeout: float) 
         assert resp.status == 504
         gate.event.set()
         await r.next_client_is_served()
+
+
+# -- medium and low (issue 9's list) ----------------------------------------------------------
+
+
+async def test_http10_client_gets_a_close_delimited_body() -> None:
+    """RFC 9112 7: chunked only to HTTP/1.1; a 1.0 client reads until close."""
+    chunked = b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    script = [chunked + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"]
+    async with rig({"chunked": script}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/chunked", "a", version="1.0"))
+        assert resp.status == 200 and resp.body == b"hello world" and resp.ended == "close"
+        assert not resp.header("Transfer-Encoding")
+        await r.next_client_is_served()
+
+
+async def test_slow_upload_is_not_a_read_timeout() -> None:
+    """The read timeout measures the replica's silence after the request (HAProxy's
+    ``timeout server`` starts when the request is sent), not the client's upload."""
+    async with rig(
+        {"echo": lambda s: [answer(200, b"%d" % len(s.body))]},
+        proxy=ProxyConfig(read_timeout=0.3),
+    ) as r:
+        c = await r.client()
+        c.send(
+            b"POST /s/echo HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\nContent-Length: 6\r\n\r\nabc"
+        )
+        front = r.server.frontend
+        assert front is not None
+        # wait through two read timeouts' worth of sweeps while the body is incomplete
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await wait_for(lambda: loop.time() - start > 0.8, interval=0.05)
+        c.send(b"def")
+        resp = (await c.read_response())[1]
+        assert resp.status == 200 and resp.body == b"6"
+
+
+async def test_valid_request_is_answered_before_the_400_for_junk_after_it() -> None:
+    async with rig() as r:
+        c = await r.client()
+        c.send(get("/ok", "a") + b"\x00\x01 junk\r\n\r\n")
+        _, first = await c.read_response()
+        assert first.status == 200 and first.tag == b"a"
+        _, second = await c.read_response()
+        assert second.status == 400
+        assert await c.at_eof()
+
+
+async def test_pipelining_is_bounded_for_a_client_that_reads_nothing() -> None:
+    async with rig() as r:
+        c = await r.client()
+        c.send(b"".join(get("/ok", f"p{i}") for i in range(40)))
+        front = r.server.frontend
+        assert front is not None
+        await wait_for(lambda: front.clients and next(iter(front.clients)).paused)
+        (client,) = front.clients
+        assert len(client.queue) <= 40
+        for i in range(40):
+            _, resp = await c.read_response()
+            assert resp.tag == f"p{i}".encode()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("Host: a.test", "Host: b.test")],
+    ids=["missing-host", "two-hosts"],
+)
+async def test_host_must_be_exactly_one_on_http11(extra: tuple[str, ...]) -> None:
+    """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host or
+    with more than one."""
+    async with rig() as r:
+        c = await r.client()
+        lines = ["GET /ok HTTP/1.1", "X-Tag: a", *extra]
+        resp = await c.request(("\r\n".join(lines) + "\r\n\r\n").encode())
+        assert resp.status == 400
+        assert r.upstream.requests() == []
+
+
+async def test_long_url_is_414() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/ok?" + "q" * 70_000, "a"))
+        assert resp.status == 414
+
+
+async def test_bad_chunk_mid_body_is_400_and_nothing_is_left_upstream() -> None:
+    async with rig() as r:
+        c = await r.client()
+        c.send(
+            b"POST /ok HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\nTransfer-Encoding: chunked\r\n"
+            b"\r\n3\r\nabc\r\nZZ\r\n"
+        )
+        _, resp = await c.read_response()
+        assert resp.status == 400
+        await r.next_client_is_served()
+
+
+@pytest.mark.parametrize("cap", [1000])
+async def test_chunked_body_over_the_limit_is_413(cap: int) -> None:
+    async with rig(proxy=ProxyConfig(max_body_bytes=cap, read_timeout=3.0)) as r:
+        c = await r.client()
+        c.send(
+            b"POST /ok HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (cap + 1, b"x" * (cap + 1))
+        )
+        _, resp = await c.read_response()
+        assert resp.status == 413
+        await r.next_client_is_served()
+
+
+async def test_gzip_chunked_keeps_the_gzip_coding() -> None:
+    async with rig({"echo": lambda s: [answer(200, s.body)]}) as r:
+        c = await r.client()
+        resp = await c.request(
+            b"POST /s/echo HTTP/1.1\r\nHost: lb.test\r\nX-Tag: a\r\n"
+            b"Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        assert resp.status == 200
+        (seen,) = r.upstream.requests()
+        assert [v.lower() for v in seen.header(b"transfer-encoding")] == [b"gzip, chunked"]
+
+
+async def test_extension_method_is_forwarded_or_501() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/ok", "a", method="PROPFIND"))
+        assert resp.status == 200 and r.upstream.requests()[0].method == b"PROPFIND"
+        c2 = await r.client()
+        resp = await c2.request(get("/ok", "b", method="BREW"))
+        assert resp.status == 501
+
+
+async def test_partial_junk_after_an_answer_never_reaches_the_next_client() -> None:
+    junk = b"HTTP/1.1 200 OK\r\nX-Answer: stale\r\nContent-Le"
+    async with rig({"junk": [answer(200, b"mine") + junk]}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/junk", "a"))
+        assert resp.status == 200 and resp.body == b"mine"
+        for i in range(3):
+            await r.next_client_is_served(f"next{i}")
+
+
+async def test_long_request_id_is_refused() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/ok", "a", "X-Request-ID: " + "7" * 5000))
+        assert resp.status == 400
+        assert len(b"".join(resp.header("X-Request-ID"))) <= 200
+
+
+async def test_every_connection_field_is_honoured() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(
+            get("/ok", "a", "Connection: X-One", "Connection: X-Two", "X-One: 1", "X-Two: 2")
+        )
+        assert resp.status == 200
+        (seen,) = r.upstream.requests()
+        assert not seen.header(b"x-one") and not seen.header(b"x-two")
+
+
+async def test_reason_phrases_are_the_standard_ones() -> None:
+    async with rig() as r:
+        c = await r.client()
+        resp = await c.request(get("/ok", "b", method="BREW"))
+        assert resp.status == 501 and resp.reason == b"Not Implemented"

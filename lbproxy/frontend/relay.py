@@ -73,7 +73,13 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: A syntactically valid request line (RFC 9112 3): method token, target, version.
-_REQUEST_LINE = re.compile(rb"(?:^|\n)[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \r\n]+ HTTP/1\.[01]\r?\n")
+_REQUEST_LINE = re.compile(rb"(?:^|\n)([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP/1\.[01]\r?\n")
+#: The methods llhttp parses (it refuses any other token before our code sees it).
+_LLHTTP_METHODS = frozenset(
+    b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
 
 
 def random_request_id() -> str:
@@ -887,7 +893,9 @@ class ClientConnection(asyncio.Protocol):
                 log.error("request handling failed", exc_info=refusal)
                 self._reject(400, "the request could not be handled")
         except httptools.HttpParserInvalidMethodError as exc:
-            if _REQUEST_LINE.search(data):  # a well-formed line with a method llhttp lacks
+            if any(  # a well-formed request line whose method llhttp does not know
+                m.group(1) not in _LLHTTP_METHODS for m in _REQUEST_LINE.finditer(data)
+            ):
                 self._reject(501, "request method not implemented (RFC 9110 9.1)")
             else:
                 self._reject(400, f"malformed HTTP request: {exc}")

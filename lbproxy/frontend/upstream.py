@@ -108,6 +108,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.sink is None:
+            # A message nobody asked for (junk after the last answer, in the same read):
+            # this connection's byte stream can no longer be trusted (issue 9).
+            self.abort()
+
     def on_status(self, reason: bytes) -> None:
         if self.sink is not None:
             self.sink.on_upstream_status(reason)
