@@ -68,6 +68,8 @@ class BalancerServer:
                 log.info("admin endpoints on %s", admin.name)
             balancer = self.balancer
             self.frontend = Frontend(balancer.pool, self.config.proxy, control_key, balancer.stats)
+            if balancer.autoscaler is not None and balancer.autoscaler.hold is not None:
+                self.frontend.on_empty = balancer.autoscaler.hold.offer  # scale from zero
             self.frontend.start()
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(

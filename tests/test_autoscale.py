@@ -7,6 +7,7 @@ the pool's state or its events, bounded only as a hang guard.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections import Counter
 
@@ -96,7 +97,8 @@ async def test_scale_down_drains_in_flight_requests(lb: BalancerUnderTest) -> No
             return r.status, await r.text()
 
     requests = [asyncio.create_task(long_request(k)) for k in keys.values()]
-    await wait_for(lambda: len(pool) == 2, timeout=10)
+    # 2 replicas, or 1 if a tick came before the requests arrived (halving is allowed).
+    await wait_for(lambda: len(pool) < 3, timeout=10)
     # "Server 3" (the most recent) left the ring while its request was still running.
     assert "Server 3" not in pool
     assert not any(t.done() for t in requests)
@@ -149,3 +151,80 @@ async def test_off_by_default(lb: BalancerUnderTest) -> None:
     async with lb.client.get(lb.url + "/lbproxy/metrics") as r:
         assert "lbproxy_autoscale" not in await r.text()
     assert autoscale_events(lb) == []
+
+
+ZERO = dataclasses.replace(FAST, min_replicas=0, hold_timeout=5.0, hold_queue=50)
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=ZERO)
+async def test_scale_to_zero_then_held_requests_are_served_by_a_cold_start(
+    lb: BalancerUnderTest,
+) -> None:
+    pool = lb.balancer.pool
+    async with lb.client.get(lb.url + "/home") as r:
+        assert r.status == 200
+    # Idle for the stable window: the last replica drains and stops.
+    await wait_for(lambda: len(pool) == 0, timeout=10)
+    await wait_for(lambda: any(e.kind == "stopped" for e in pool.events.since(0)))
+    assert lb.backend.running == {}
+
+    async def get(i: int) -> int:
+        async with lb.client.get(lb.url + "/home", headers={"X-Request-ID": str(i)}) as r:
+            await r.read()
+            return r.status
+
+    statuses = await asyncio.gather(*(get(100000 + i) for i in range(5)))
+    assert statuses == [200] * 5
+    cold = [e for e in pool.events.since(0) if e.kind == "cold_start"]
+    assert len(cold) == 1 and cold[0].detail.startswith("released ")
+    assert len(pool) == 1
+    autoscaler = lb.balancer.autoscaler
+    assert autoscaler is not None and autoscaler.hold is not None
+    assert autoscaler.hold.cold_start_count == 1
+    async with lb.client.get(lb.url + "/lbproxy/metrics") as r:
+        assert "lbproxy_autoscale_cold_starts_total 1.0" in await r.text()
+
+
+@pytest.mark.lbconfig(
+    replicas=0, autoscale=dataclasses.replace(ZERO, hold_timeout=0.5, hold_queue=2)
+)
+async def test_hold_limits_answer_503_in_spec_shape(lb: BalancerUnderTest) -> None:
+    """Nothing can start: two requests wait out the timeout, the rest find the queue full."""
+    lb.backend.fail_names.add("Server 1")
+
+    async def get() -> tuple[int, object]:
+        async with lb.client.get(lb.url + "/home") as r:
+            return r.status, await r.json()
+
+    first = [asyncio.create_task(get()) for _ in range(2)]
+    hold = lb.balancer.autoscaler.hold if lb.balancer.autoscaler else None
+    assert hold is not None
+    await wait_for(lambda: hold.waiting() == 2)
+    assert await get() == (
+        503,
+        {
+            "message": "<Error> no replica is available: the pool is starting from zero "
+            "and 2 requests already wait for it",
+            "status": "failure",
+        },
+    )
+    for status, body in await asyncio.gather(*first):
+        assert status == 503
+        assert body == {
+            "message": "<Error> no replica is available: none started within 0.5s "
+            "(the pool is scaling from zero)",
+            "status": "failure",
+        }
+    assert hold.rejected == {"timeout": 2, "queue_full": 1}
+    assert any(
+        e.kind == "autoscale" and "failed" in e.detail for e in lb.balancer.pool.events.since(0)
+    )
+
+
+@pytest.mark.lbconfig(replicas=0)
+async def test_without_autoscale_an_empty_pool_still_answers_503_at_once(
+    lb: BalancerUnderTest,
+) -> None:
+    async with lb.client.get(lb.url + "/home") as r:
+        assert r.status == 503
+        assert (await r.json())["message"] == "<Error> no replica is available"

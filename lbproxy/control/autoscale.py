@@ -31,8 +31,10 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from lbproxy.config import AutoscaleConfig
+from lbproxy.control.events import Event
 from lbproxy.control.pool import Pool, ReplicaState
 from lbproxy.control.reconcile import Reconciler
 from lbproxy.errors import LbproxyError
@@ -292,6 +294,11 @@ class Autoscaler:
         self.scale_downs = 0
         self.failed_changes = 0
         self.manual_changes = 0
+        #: Scale to zero (min 0): requests at an empty pool wait here for a cold start.
+        self.hold: ColdStartHold | None = None
+        if config.min_replicas == 0:
+            self.hold = ColdStartHold(config, pool, self.wake)
+            self.held = self.hold.waiting
 
     # -- signals -----------------------------------------------------------------------------
 
@@ -352,6 +359,8 @@ class Autoscaler:
                     next_tick = now + c.tick
                     self._tick(now)
         finally:
+            if self.hold is not None:
+                self.hold.close()
             action = self._action
             if action is not None:
                 action.cancel()
@@ -409,3 +418,129 @@ class Autoscaler:
             log.warning("autoscale change of %+d failed: %s", delta, exc.message)
         finally:
             self._action = None
+
+
+class Holdable(Protocol):
+    """What the hold needs of a request (the relay's Exchange; no import of the data plane)."""
+
+    @property
+    def dead(self) -> bool: ...
+
+    def reroute(self) -> None: ...
+
+    def fail(self, status: int, message: str) -> None: ...
+
+
+#: Cold starts remembered for the status view and metrics.
+_COLD_STARTS_KEPT = 100
+
+
+class ColdStartHold:
+    """Scale to zero's activator: requests that find the pool empty wait for a replica.
+
+    The relay offers a request here when the ring is empty (``Frontend.on_empty``). It
+    waits, at most ``hold_timeout`` seconds and at most ``hold_queue`` of them, while the
+    autoscaler (woken at once) starts a replica; the first replica ``up`` releases them
+    all onto the ring. Beyond either limit the request gets a 503 in SPEC's failure shape
+    that says which limit it hit. The time from the first held request to the release is
+    the cold-start latency, reported as a ``cold_start`` event and a metric.
+    """
+
+    def __init__(self, config: AutoscaleConfig, pool: Pool, wake: Callable[[], None]) -> None:
+        self.config = config
+        self._pool = pool
+        self._wake = wake
+        self._loop = asyncio.get_running_loop()
+        self._queue: deque[tuple[float, Holdable]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._release_soon: asyncio.Handle | None = None
+        self.cold_starts: deque[float] = deque(maxlen=_COLD_STARTS_KEPT)
+        self.cold_start_count = 0
+        self.held_total = 0
+        self.rejected: dict[str, int] = {"timeout": 0, "queue_full": 0}
+        self._unsubscribe = pool.events.subscribe(self._on_event)
+
+    def waiting(self) -> int:
+        return sum(1 for _, e in self._queue if not e.dead)
+
+    def offer(self, exchange: Holdable) -> bool:
+        """Take a request that found the ring empty; False leaves it to the relay's 503."""
+        if len(self._queue) >= self.config.hold_queue:
+            self._queue = deque(item for item in self._queue if not item[1].dead)
+        if len(self._queue) >= self.config.hold_queue:
+            self.rejected["queue_full"] += 1
+            exchange.fail(
+                503,
+                f"no replica is available: the pool is starting from zero and "
+                f"{self.config.hold_queue} requests already wait for it",
+            )
+            return True
+        now = self._loop.time()
+        self._queue.append((now, exchange))
+        self.held_total += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.config.hold_timeout, self._expire)
+        if self._pool.has_up():  # a replica came up between the relay's look and now
+            self._schedule_release()
+        else:
+            self._wake()
+        return True
+
+    def _on_event(self, event: Event) -> None:
+        if event.kind == "up" and self._queue:
+            self._schedule_release()
+
+    def _schedule_release(self) -> None:
+        # Not from inside the pool's event emission: relaying may touch the pool again.
+        if self._release_soon is None:
+            self._release_soon = self._loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        self._release_soon = None
+        if not self._queue or not self._pool.has_up():
+            return
+        queue, self._queue = self._queue, deque()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        now = self._loop.time()
+        latency = now - queue[0][0]
+        live = [e for _, e in queue if not e.dead]
+        self.cold_starts.append(latency)
+        self.cold_start_count += 1
+        self._pool.events.emit(
+            "cold_start",
+            "",
+            f"released {len(live)} held request(s); the first waited {latency * 1000:.0f} ms",
+        )
+        for exchange in live:
+            exchange.reroute()
+
+    def _expire(self) -> None:
+        """Fail the requests that waited ``hold_timeout``; re-arm for the rest."""
+        self._timer = None
+        now = self._loop.time()
+        limit = self.config.hold_timeout
+        queue = self._queue
+        while queue and now - queue[0][0] >= limit - 1e-3:
+            _, exchange = queue.popleft()
+            if not exchange.dead:
+                self.rejected["timeout"] += 1
+                exchange.fail(
+                    503,
+                    f"no replica is available: none started within {limit:g}s "
+                    "(the pool is scaling from zero)",
+                )
+        if queue:
+            self._timer = self._loop.call_later(limit - (now - queue[0][0]), self._expire)
+
+    def close(self) -> None:
+        """Shutdown: nothing will start any more; answer whoever still waits."""
+        self._unsubscribe()
+        for handle in (self._timer, self._release_soon):
+            if handle is not None:
+                handle.cancel()
+        queue, self._queue = self._queue, deque()
+        for _, exchange in queue:
+            if not exchange.dead:
+                exchange.fail(503, "no replica is available: the balancer is shutting down")

@@ -23,6 +23,7 @@ import logging
 import random
 import re
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -148,6 +149,9 @@ class Frontend:
         self.clients: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
         self.in_flight = 0
+        #: Called when the ring is empty: True if it took the exchange (the autoscaler's
+        #: scale-from-zero hold, control/autoscale.py); the request fails with 503 otherwise.
+        self.on_empty: Callable[[Exchange], bool] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         if config.phase_timings and stats.phases is None:
             stats.phases = PhaseStats()
@@ -414,6 +418,12 @@ class Exchange:
             return
         self.try_next()
 
+    def reroute(self) -> None:
+        """Route again from the ring's current state (a request held at an empty pool)."""
+        if not self.dead:
+            self.candidates = self.front.pool.pick(self.key or self.request_id.decode("latin-1"))
+            self.try_next()
+
     def try_next(self) -> None:
         front = self.front
         candidates = self.candidates
@@ -427,6 +437,9 @@ class Exchange:
             self.fail(502 if self.attempts else 503, "no replica could take the request")
             return
         except EmptyRingError:
+            hold = front.on_empty
+            if hold is not None and self.attempts == 0 and hold(self):
+                return  # held until a replica is up (scale from zero); then reroute()
             self.fail(503, "no replica is available")
             return
         self.attempts += 1

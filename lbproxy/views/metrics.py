@@ -218,6 +218,31 @@ def _autoscale(a: Autoscaler) -> Iterator[Metric]:
         "Operator /add or /rm calls the autoscaler adopted as the current size",
         value=a.manual_changes,
     )
+    hold = a.hold
+    if hold is not None:
+        yield GaugeMetricFamily(
+            "lbproxy_autoscale_held_requests",
+            "Requests waiting at an empty pool for a replica to start (scale to zero)",
+            value=hold.waiting(),
+        )
+        yield CounterMetricFamily(
+            "lbproxy_autoscale_cold_starts",
+            "Times held requests were released onto a replica started from zero",
+            value=hold.cold_start_count,
+        )
+        yield GaugeMetricFamily(
+            "lbproxy_autoscale_last_cold_start_seconds",
+            "From the first held request to the first replica up, at the last cold start",
+            value=hold.cold_starts[-1] if hold.cold_starts else 0.0,
+        )
+        rejected = CounterMetricFamily(
+            "lbproxy_autoscale_hold_rejected",
+            "Held requests answered 503, by the limit they hit",
+            labels=["reason"],
+        )
+        for reason, count in hold.rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
 
 
 def register(app: web.Application, balancer: Balancer) -> None:
