@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from server_app.work import Work
+
 SERVER_ID = web.AppKey("server_id", str)
+WORK = web.AppKey("work", Work)
 
 
 async def home(request: web.Request) -> web.Response:
     server_id = request.app[SERVER_ID]
+    work = request.app[WORK]
+    if work.active:  # SERVER_DELAY_MS / SERVER_CPU_MS / SERVER_CONCURRENCY (server_app/work.py)
+        await work.perform()
     return web.json_response({"message": f"Hello from Server: {server_id}", "status": "successful"})
 
 
@@ -20,10 +26,14 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
-def create_app(server_id: str) -> web.Application:
-    """The replica application for ``server_id`` (the name the balancer gave it)."""
+def create_app(server_id: str, work: Work | None = None) -> web.Application:
+    """The replica application for ``server_id`` (the name the balancer gave it).
+
+    ``work`` (default: from the environment, off unless set) gives ``/home`` a service time.
+    """
     app = web.Application()
     app[SERVER_ID] = server_id
+    app[WORK] = work if work is not None else Work.from_env()
     app.router.add_get("/home", home)
     app.router.add_get("/heartbeat", heartbeat)
     return app
