@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -285,6 +286,12 @@ def _add_serve(sub: Any) -> None:
         help="histograms of where requests wait (head, acquire, upstream, ...) in the metrics",
     )
     p.env_option(
+        "--rewrite-404",
+        choices=("on", "off"),
+        help="turn a replica's 404 into the assignment's 400 'endpoint does not exist' body "
+        "(default: on for server_app replicas, off for your own --replica-cmd or image)",
+    )
+    p.env_option(
         "--admin-token",
         secret=True,
         help="require 'Authorization: Bearer TOKEN' on /add, /rm and other mutating calls",
@@ -387,6 +394,13 @@ def _add_replica_env(p: _EnvParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The one place flags become settings."""
+    config = _config_from_args(args)
+    rewrite = args.rewrite_404
+    on = config.runs_server_app() if rewrite is None else rewrite == "on"
+    return config.replace(proxy=dataclasses.replace(config.proxy, rewrite_404=on))
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
     return Config(
         host=args.host,
         port=args.port,

@@ -56,6 +56,10 @@ class ProxyConfig:
     #: Where the routing key comes from (``--key``, see frontend/routing_key.py); when the
     #: source is absent the request id (X-Request-ID or a random 6-digit id) is the key.
     key: str = "header:X-Request-ID"
+    #: A replica's 404 becomes SPEC's 400 "endpoint does not exist in server replicas" body
+    #: (``--rewrite-404``). The CLI turns it off unless the replicas are server_app; a
+    #: user's own service's 404 passes through unchanged.
+    rewrite_404: bool = True
     #: Per-phase latency histograms (head, pipeline, acquire, upstream, relay, loop lag) in
     #: /lbproxy/metrics; off by default because each mark costs a clock read per request.
     phase_timings: bool = False
@@ -164,6 +168,12 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+
+    def runs_server_app(self) -> bool:
+        """True when the replicas are lbproxy's own server_app (the default command/image)."""
+        if self.replica_cmd is not None:
+            return False
+        return self.backend == "process" or self.docker.image == DockerConfig().image
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (tests use this to shrink intervals)."""

@@ -614,7 +614,7 @@ class Exchange:
         method = self.method
         if self.marks is not None:
             self.marks[M_RESPONSE] = self.last_activity
-        if status == 404 and not self.control:
+        if status == 404 and self.front.config.rewrite_404 and not self.control:
             self.swallow = True
             if method == b"HEAD":
                 self._head_answered(conn)
