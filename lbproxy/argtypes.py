@@ -43,6 +43,17 @@ def key_source(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def cidr_list(text: str) -> str:
+    """``--trusted-proxies``: comma-separated addresses/CIDR networks, checked now."""
+    from lbproxy.frontend.forwarded import parse_networks
+
+    try:
+        parse_networks(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def boolean(text: str) -> bool:
     """On/off switches that also come from the environment (``LBPROXY_X=1``)."""
     value = text.strip().lower()

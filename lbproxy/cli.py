@@ -19,6 +19,7 @@ from typing import Any
 
 from lbproxy.argtypes import (
     boolean,
+    cidr_list,
     env_pair,
     health_path,
     key_source,
@@ -272,6 +273,13 @@ def _add_serve(sub: Any) -> None:
         "wait in the replica's FIFO queue (0: no cap)",
     )
     p.env_option(
+        "--trusted-proxies",
+        type=cidr_list,
+        default=x.trusted_proxies,
+        help="CIDR,... of proxies in front of lbproxy whose X-Forwarded-*/Forwarded fields "
+        "are kept and appended to (from anyone else they are replaced)",
+    )
+    p.env_option(
         "--queue-timeout",
         type=positive_float,
         default=x.queue_timeout,
@@ -438,6 +446,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             phase_timings=args.phase_timings,
             max_conns_per_replica=args.max_conns_per_replica,
             queue_timeout=args.queue_timeout,
+            trusted_proxies=args.trusted_proxies,
         ),
         admin_token=args.admin_token or None,
         admin_host=args.admin_host,

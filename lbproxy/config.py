@@ -69,6 +69,9 @@ class ProxyConfig:
     max_conns_per_replica: int = 128
     #: Seconds a request may wait in that queue before it is answered 503.
     queue_timeout: float = 5.0
+    #: Peers (``CIDR,...``) whose X-Forwarded-*/Forwarded fields are kept and appended to;
+    #: from anyone else they are replaced (frontend/forwarded.py). Empty: trust nobody.
+    trusted_proxies: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import httptools
 from lbproxy.config import ProxyConfig
 from lbproxy.control.pool import Pool, Replica
 from lbproxy.errors import EmptyRingError, failure_body
-from lbproxy.frontend import framing
+from lbproxy.frontend import forwarded, framing
 from lbproxy.frontend.framing import Out
 from lbproxy.frontend.phases import (
     LOOP_LAG,
@@ -55,6 +55,8 @@ _RID = b"x-request-id"
 #: Request fields never forwarded: hop-by-hop ones (framing.HOP_BY_HOP), and the ones this
 #: proxy sets itself (X-Request-ID) or answers itself (Expect).
 _SKIP = framing.HOP_BY_HOP | {b"expect", _RID}
+#: Request fields the relay looks at twice: hop-by-hop ones and client forwarded fields.
+_SKIP_REQ = _SKIP | forwarded.NAMES
 #: Response fields never forwarded (the proxy adds its own X-Request-ID).
 _SKIP_RESP = framing.HOP_BY_HOP | {_RID}
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -144,6 +146,10 @@ class Frontend:
         self.control_key = control_key
         self.stats = stats
         self.key = parse_key(config.key)
+        #: Peers whose forwarded fields are kept (--trusted-proxies), and the scheme this
+        #: listener speaks (X-Forwarded-Proto; a TLS listener sets b"https").
+        self.trusted = forwarded.parse_networks(config.trusted_proxies)
+        self.scheme = b"http"
         self.upstreams = UpstreamPool()
         stats.upstreams = self.upstreams
         self.clients: set[ClientConnection] = set()
@@ -220,6 +226,7 @@ class Exchange:
         "front",
         "head",
         "headers",
+        "host",
         "hosts",
         "http11",
         "interim",
@@ -262,6 +269,7 @@ class Exchange:
         self.te_codings: tuple[bytes, ...] = ()
         self.expect_continue = False
         self.hosts = 0
+        self.host = b""
         self.upgrade: frozenset[bytes] = frozenset()
         self.conn_tokens: frozenset[bytes] = frozenset()
         self.request_id = b""
@@ -333,9 +341,13 @@ class Exchange:
         self.key = self.front.key.extract(url, self.headers, self.client.transport)
         lines = [self.method, b" ", url, b" HTTP/1.1\r\n"]
         append = lines.append
+        client = self.client
+        received: list[tuple[bytes, bytes]] = []
         for name, value in self.headers:
             lname = name.lower()
-            if lname in _SKIP or (tokens and lname in tokens):
+            if lname in _SKIP_REQ or (tokens and lname in tokens):
+                if client.trusted and lname in forwarded.NAMES:
+                    received.append((lname, value))
                 continue
             append(name)
             append(b": ")
@@ -346,6 +358,7 @@ class Exchange:
         append(b"X-Request-ID: ")
         append(rid)
         append(b"\r\n")
+        lines += forwarded.lines(client.peer_ip, self.front.scheme, self.host, received)
         if self.chunked_in:
             append(framing.chunked_field(self.te_codings))
         append(b"\r\n")
@@ -883,6 +896,8 @@ class ClientConnection(asyncio.Protocol):
         self.resume: Exchange | None = None
         self.resume_armed = False
         self.refusal: tuple[int, str] | None = None
+        self.peer_ip = ""
+        self.trusted = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -890,6 +905,9 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.front.clients.add(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.trusted = forwarded.is_trusted(self.peer_ip, self.front.trusted)
 
     def data_received(self, data: bytes) -> None:
         if self.refusal is not None:
@@ -1002,6 +1020,7 @@ class ClientConnection(asyncio.Protocol):
             cur.expect_continue = value.lower() == b"100-continue"
         elif lname == b"host":
             cur.hosts += 1
+            cur.host = value
         elif lname == b"connection":
             cur.conn_tokens = framing.connection_tokens(value, cur.conn_tokens)
         elif lname == b"upgrade":
