@@ -286,6 +286,12 @@ def _add_serve(sub: Any) -> None:
         help="seconds a request may wait in a replica's queue before a 503",
     )
     p.env_option(
+        "--upstream-idle-timeout",
+        type=positive_float,
+        default=x.upstream_idle_timeout,
+        help="seconds an idle pooled connection to a replica is kept (below its keep-alive)",
+    )
+    p.env_option(
         "--phase-timings",
         type=boolean,
         nargs="?",
@@ -447,6 +453,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             max_conns_per_replica=args.max_conns_per_replica,
             queue_timeout=args.queue_timeout,
             trusted_proxies=args.trusted_proxies,
+            upstream_idle_timeout=args.upstream_idle_timeout,
         ),
         admin_token=args.admin_token or None,
         admin_host=args.admin_host,

@@ -72,6 +72,10 @@ class ProxyConfig:
     #: Peers (``CIDR,...``) whose X-Forwarded-*/Forwarded fields are kept and appended to;
     #: from anyone else they are replaced (frontend/forwarded.py). Empty: trust nobody.
     trusted_proxies: str = ""
+    #: Pooled upstream connections idle this long are closed: below the replica servers'
+    #: keep-alive (uvicorn and Node close idle connections after 5 s, aiohttp's server
+    #: after 3630 s), so the replica rarely closes one just as a request goes out on it.
+    upstream_idle_timeout: float = 4.0
 
 
 @dataclass(frozen=True, slots=True)

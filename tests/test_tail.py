@@ -62,6 +62,10 @@ class GatedReplica:
         self.writers: list[asyncio.StreamWriter] = []
         self.fillers: list[socket.socket] = []
         self.log: list[tuple[int, bytes]] = []  # (connection number, request line)
+        #: Close, unanswered, any request after the first on a connection (heartbeats
+        #: aside): the server closing an idle keep-alive connection as our request arrives.
+        self.drop_reused = False
+        self.dropped = 0
         self.accepted = 0
         self.acceptor: asyncio.Task[None] | None = None
         self.open_gate()
@@ -103,6 +107,16 @@ class GatedReplica:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.log.append((number, head.split(b"\r\n", 1)[0]))
+                served_before = sum(1 for n, _ in self.log if n == number) > 1
+                if self.drop_reused and served_before and b"/heartbeat" not in head:
+                    self.dropped += 1
+                    return
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                if length:
+                    await reader.readexactly(length)
                 if head.startswith(b"GET /hold"):
                     self.held.set()
                     await self.hold.wait()
@@ -265,3 +279,52 @@ async def test_queue_timeout_is_a_503_in_the_failure_shape() -> None:
             text = await r.text()
         assert "lbproxy_queue_timeouts_total 1.0" in text
         assert "lbproxy_queued_total 1.0" in text
+
+
+async def test_idle_upstream_connections_expire() -> None:
+    """Issue 9: pooled connections are closed after --upstream-idle-timeout, below the
+    replica server's keep-alive (aiohttp's client keeps idle sockets 15 s for this)."""
+    async with (
+        gated_balancer(upstream_idle_timeout=0.05) as (server, _backend),
+        aiohttp.ClientSession() as client,
+    ):
+        front = server.frontend
+        assert front is not None
+        async with client.get(server.url + "/home", headers={"X-Request-ID": "123456"}) as r:
+            assert r.status == 200
+        opened = front.upstreams.opened
+        await wait_for(lambda: front.upstreams.expired >= 1)
+        async with client.get(server.url + "/home", headers={"X-Request-ID": "123456"}) as r:
+            assert r.status == 200
+        assert front.upstreams.opened == opened + 1  # a fresh connection, not the expired one
+
+
+async def test_reused_connection_closed_before_any_byte_is_retried_for_any_method() -> None:
+    """Issue 9: the replica closes a pooled connection just as a POST goes out on it.
+    Nothing reached its application, so the POST is sent again on a fresh connection to
+    the same replica (Go's net/http and HAProxy's http-reuse safe guard this race), and
+    the replica is not charged a failure."""
+    async with (
+        gated_balancer(eject_after=1) as (server, backend),
+        aiohttp.ClientSession() as client,
+    ):
+        front = server.frontend
+        assert front is not None
+        pool = server.balancer.pool
+        name = sorted(backend.gated)[0]
+        gated = backend.gated[name]
+        key = key_owned_by(pool, name)
+        async with client.get(server.url + "/home", headers={"X-Request-ID": key}) as r:
+            assert r.status == 200  # the connection is now pooled
+        gated.drop_reused = True
+        async with client.post(
+            server.url + "/submit", data=b"payload", headers={"X-Request-ID": key}
+        ) as r:
+            assert r.status == 200
+            assert (await r.json())["replica"] == name
+        assert gated.dropped == 1
+        posts = [line for _, line in gated.log if line.startswith(b"POST /submit")]
+        assert len(posts) == 2  # the dropped one and the retry
+        replica = next(r for r in pool.replicas() if r.name == name)
+        assert replica.state is ReplicaState.UP and replica.failures == 0
+        assert front.stats.upstream_errors["stale_connection"] == 1

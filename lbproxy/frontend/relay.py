@@ -62,6 +62,8 @@ _SKIP_RESP = framing.HOP_BY_HOP | {_RID}
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RESERVED_EXACT = frozenset({b"/rep", b"/add", b"/rm"})
 RESERVED_PREFIX = b"/lbproxy/"
+#: Resends of a request whose pooled connection turned out closed (see _retry_stale).
+STALE_RETRIES = 2
 #: Request bodies up to this size are kept so the request can be replayed elsewhere.
 REPLAY_LIMIT = 1024 * 1024
 #: Largest request line + headers accepted (431 beyond).
@@ -150,7 +152,7 @@ class Frontend:
         #: listener speaks (X-Forwarded-Proto; a TLS listener sets b"https").
         self.trusted = forwarded.parse_networks(config.trusted_proxies)
         self.scheme = b"http"
-        self.upstreams = UpstreamPool()
+        self.upstreams = UpstreamPool(idle_timeout=config.upstream_idle_timeout)
         stats.upstreams = self.upstreams
         self.clients: set[ClientConnection] = set()
         self.loop = asyncio.get_running_loop()
@@ -250,6 +252,7 @@ class Exchange:
         "resp_started",
         "resp_status",
         "sent",
+        "stale_retries",
         "start",
         "swallow",
         "te_codings",
@@ -305,6 +308,7 @@ class Exchange:
         self.last_activity = 0.0
         #: When this exchange joined a replica's FIFO queue (0: not waiting).
         self.queued_at = 0.0
+        self.stale_retries = 0
         #: Phase marks (loop times) when --phase-timings is on; see frontend/phases.py.
         self.marks: list[float] | None = None
         if self.front.phases is not None:
@@ -562,6 +566,33 @@ class Exchange:
         else:
             conn.send(self, self.head)
 
+    def _retry_stale(self) -> bool:
+        """A pooled connection closed before any response byte: the server closed it while
+        idle just as this request went out, so nothing reached its application. Send the
+        request again (any method) on another connection to the same replica, charging
+        nothing; at most ``STALE_RETRIES`` times, then it is an ordinary failure."""
+        if not self.replayable or self.stale_retries >= STALE_RETRIES:
+            return False
+        self.stale_retries += 1
+        front = self.front
+        front.stats.error("stale_connection")
+        self.sent = False
+        control_key = front.control_key
+        if self.control and control_key is not None:
+            conn = front.upstreams.take(control_key)
+            if conn is not None:
+                self._send(conn)
+            else:
+                self._connect(control_key)
+            return True
+        replica = self.replica
+        if replica is None:
+            return False
+        conn = front.upstreams.acquire(replica.url, self, front.config.max_conns_per_replica)
+        if conn is not None:
+            self._send(conn)
+        return True
+
     def _drop_replica(self) -> None:
         """Leave the current replica without charging it a failure."""
         self._discharge()
@@ -752,6 +783,8 @@ class Exchange:
             self.front.stats.error("truncated")
             self._upstream_failed("truncated")
             self._abandon()
+            return
+        if conn.reused and not conn.got_bytes and self._retry_stale():
             return
         self.front.stats.error(kind)
         self._upstream_failed(kind)
