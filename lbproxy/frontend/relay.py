@@ -45,6 +45,7 @@ from lbproxy.frontend.phases import (
     PhaseStats,
 )
 from lbproxy.frontend.routing_key import parse_key
+from lbproxy.frontend.tunnel import Tunnel
 from lbproxy.frontend.upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ class Exchange:
         "control",
         "counted",
         "dead",
+        "early",
         "expect_continue",
         "front",
         "head",
@@ -256,8 +258,12 @@ class Exchange:
         "start",
         "swallow",
         "te_codings",
+        "tunnel",
         "upgrade",
+        "upgrade_value",
+        "upgraded",
         "url",
+        "wants_tunnel",
     )
 
     def __init__(self, client: ClientConnection) -> None:
@@ -274,6 +280,13 @@ class Exchange:
         self.hosts = 0
         self.host = b""
         self.upgrade: frozenset[bytes] = frozenset()
+        self.upgrade_value = b""
+        #: An upgrade request (WebSocket...) to tunnel if the replica answers 101.
+        self.wants_tunnel = False
+        self.upgraded = False
+        self.tunnel: Tunnel | None = None
+        #: Client bytes that followed the upgrade request, held until the 101.
+        self.early = b""
         self.conn_tokens: frozenset[bytes] = frozenset()
         self.request_id = b""
         self.key: str | None = None
@@ -359,6 +372,8 @@ class Exchange:
             append(b"\r\n")
         if not self.hosts:
             append(b"Host: lbproxy-upstream\r\n")
+        if self.wants_tunnel:  # hop-by-hop, but the upgrade is what we relay
+            append(b"Connection: Upgrade\r\nUpgrade: " + self.upgrade_value + b"\r\n")
         append(b"X-Request-ID: ")
         append(rid)
         append(b"\r\n")
@@ -640,6 +655,9 @@ class Exchange:
         parser = conn.parser
         status = parser.get_status_code()
         self.last_activity = self.front.loop.time()
+        if status == 101:
+            self._switching(conn)
+            return
         if status < 200:
             # An interim answer (RFC 9110 15.2): llhttp completes it as a message of its own;
             # on_upstream_complete must not take that for the end of the exchange.
@@ -694,6 +712,9 @@ class Exchange:
             append(framing.chunked_field(codings))
         elif out is Out.CLOSE:
             self.keep_alive = False
+        if self.wants_tunnel:
+            # No 101: llhttp stopped at the upgrade request, so the connection ends here.
+            self.keep_alive = False
         if not self.complete:
             # The answer came before the whole request: the rest of the body would have to
             # be read and thrown away to keep the connection; close it instead.
@@ -708,6 +729,56 @@ class Exchange:
         self.resp_started = True
         if method == b"HEAD":
             self._head_answered(conn)
+
+    def _switching(self, conn: UpstreamConnection) -> None:
+        """101 from the replica: pass it on; the tunnel starts where its parser stops."""
+        if not self.wants_tunnel:  # a 101 to a request that asked for no upgrade
+            conn.abort()
+            self.conn = None
+            self.front.stats.error("bad_upgrade")
+            self._upstream_failed("bad_upgrade")
+            self.fail(502, "the replica switched protocols unasked")
+            return
+        self.resp_status = 101
+        self.upgraded = True
+        self.keep_alive = False  # the connection ends with the tunnel
+        lines = [framing.status_line(101, self.resp_reason)]
+        lines += framing.header_block(self.resp_headers, self.resp_conn_tokens)
+        lines.append(b"Connection: Upgrade\r\nUpgrade: ")
+        lines.append(b", ".join(v for k, v in self.resp_headers if k.lower() == b"upgrade"))
+        lines.append(b"\r\nX-Request-ID: " + self.request_id + b"\r\n\r\n")
+        self.resp_headers = []
+        self.out.append(b"".join(lines))
+        self.resp_started = True
+
+    def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """The replica's parser stopped after the 101: from here on, bytes both ways."""
+        if self.dead or not self.upgraded or self.conn is not conn:
+            conn.abort()
+            if not self.dead and self.conn is conn:
+                self.conn = None
+                self._upstream_failed("bad_upgrade")
+                self.fail(502, "the replica switched protocols unasked")
+            return
+        tunnel = self.tunnel = Tunnel(self, conn)
+        conn.tunnel = tunnel.from_upstream
+        client = self.client
+        client.tunnel = tunnel.from_client
+        self.on_upstream_data_done()
+        if rest:
+            tunnel.from_upstream(rest)
+        if self.early:
+            tunnel.from_client(self.early)
+            self.early = b""
+        client.unpause(_TUNNEL_WAIT)
+
+    def end_tunnel(self) -> None:
+        """Either side closed, or the tunnel sat idle: close both."""
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.close()
+        self._finish(reusable=False)
 
     def _head_answered(self, conn: UpstreamConnection) -> None:
         """The answer to HEAD is complete at its head: llhttp cannot be told that it has no
@@ -755,7 +826,7 @@ class Exchange:
         if self.interim:  # the end of a 1xx: the final answer follows on this connection
             self.interim = False
             return
-        if self.dead:
+        if self.dead or self.upgraded:  # a 101 ends in on_upstream_upgrade
             return
         if self.swallow:
             self._swallowed_answer()
@@ -768,6 +839,9 @@ class Exchange:
         if self.dead or self.conn is not conn:
             return
         self.conn = None
+        if self.tunnel is not None:
+            self._finish(reusable=False)
+            return
         kind = "reset" if exc is not None else "closed"
         if self.resp_status:
             if self.resp_eof and exc is None and not self.interim:
@@ -907,6 +981,7 @@ _BACKPRESSURE = 1  # the upstream cannot take the request body as fast as it arr
 _HOLD = 2  # a body too large to replay is held until the upstream connection is open
 _PIPELINE = 4  # MAX_PIPELINE requests wait behind the one being relayed
 _REFUSED = 8  # the connection ends with an error answer once earlier answers are out
+_TUNNEL_WAIT = 16  # an upgrade request waits for the replica's 101 (or refusal)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -931,6 +1006,8 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: tuple[int, str] | None = None
         self.peer_ip = ""
         self.trusted = False
+        #: Set once the connection is a tunnel (frontend/tunnel.py): raw bytes, no HTTP.
+        self.tunnel: Callable[[bytes], None] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -943,6 +1020,10 @@ class ClientConnection(asyncio.Protocol):
         self.trusted = forwarded.is_trusted(self.peer_ip, self.front.trusted)
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel(data)
+            return
         if self.refusal is not None:
             return
         try:
@@ -970,6 +1051,13 @@ class ClientConnection(asyncio.Protocol):
         """llhttp stops at an upgrade request's head; an ignored offer (h2c) goes on as
         HTTP/1.1 on a fresh parser, which first reads that request's body, if any."""
         ex = self.resume
+        last = self.queue[-1] if self.queue else None
+        if last is not None and last.wants_tunnel and ex is None:
+            # Bytes after an upgrade request are the tunnel's (or nobody's, without a 101):
+            # hold them and read nothing more until the replica has answered.
+            last.early += rest
+            self.pause(_TUNNEL_WAIT)
+            return
         self.parser = httptools.HttpRequestParser(self)
         if ex is not None:
             synthetic = (
@@ -1066,11 +1154,17 @@ class ClientConnection(asyncio.Protocol):
         cur = self.cur
         assert cur is not None
         if self.parser.should_upgrade():
-            if self.parser.get_method() == b"CONNECT" or not framing.only_h2c(cur.upgrade):
-                raise _Refuse(501, "protocol upgrades (websocket, CONNECT) are not supported")
-            # h2c offered: answer over HTTP/1.1 (RFC 9110 7.8); the body, if any, comes
-            # after the point where llhttp stops (see _after_upgrade).
-            if cur.body_len or cur.chunked_in:
+            if self.parser.get_method() == b"CONNECT":
+                raise _Refuse(501, "CONNECT is not supported by this proxy")
+            if not framing.only_h2c(cur.upgrade):
+                # WebSocket and other upgrades: relayed, then tunnelled on a 101.
+                if cur.body_len or cur.chunked_in:
+                    raise _Refuse(400, "an upgrade request with a body is not supported")
+                cur.wants_tunnel = True
+                cur.upgrade_value = b", ".join(v for k, v in cur.headers if k.lower() == b"upgrade")
+            elif cur.body_len or cur.chunked_in:
+                # h2c offered: answer over HTTP/1.1 (RFC 9110 7.8); the body comes after
+                # the point where llhttp stops (see _after_upgrade).
                 self.resume = cur
         else:
             cur.body_len = 0
@@ -1151,6 +1245,10 @@ class ClientConnection(asyncio.Protocol):
         queue = self.queue
         if queue:
             exchange = queue[0]
+            if exchange.tunnel is not None:
+                if now - exchange.last_activity > config.idle_timeout:
+                    exchange.end_tunnel()
+                return
             # The read timeout is the replica's silence once it has the whole request (or
             # since its last byte): a slow upload is the client's time, not the replica's.
             if (

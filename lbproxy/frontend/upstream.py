@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import httptools
@@ -35,6 +36,7 @@ class ResponseSink(Protocol):
     def on_upstream_data_done(self) -> None: ...
     def on_upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None: ...
     def on_upstream_writable(self, writable: bool) -> None: ...
+    def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -52,6 +54,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reused",
         "sink",
         "transport",
+        "tunnel",
     )
 
     def __init__(self, pool: UpstreamPool, key: str) -> None:
@@ -60,6 +63,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.host = pool.host(key)
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
+        #: Where bytes go once the connection is a tunnel (frontend/tunnel.py).
+        self.tunnel: Callable[[bytes], None] | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.got_bytes = False
@@ -76,6 +81,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:  # upgraded (frontend/tunnel.py): bytes, no HTTP
+            tunnel(data)
+            return
         sink = self.sink
         if sink is None:  # an idle connection talking: the server is closing it or broken
             self.abort()
@@ -84,6 +93,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.host.answered += 1
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:  # after a 101: the rest is tunnel bytes
+            sink.on_upstream_upgrade(self, data[cast(int, exc.args[0]) :])
+            return
         except httptools.HttpParserError as exc:
             self.abort()
             sink.on_upstream_lost(self, exc)
