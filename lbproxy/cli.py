@@ -319,6 +319,11 @@ def _add_serve(sub: Any) -> None:
         help="serve /rep, /add, /rm and /lbproxy/* on this port only, not the public one",
     )
     p.env_option(
+        "--tls-cert",
+        help="PEM certificate chain: the public listener speaks TLS 1.2+ (ALPN http/1.1)",
+    )
+    p.env_option("--tls-key", help="PEM private key for --tls-cert (default: in the cert file)")
+    p.env_option(
         "--eject-after",
         type=non_negative_int,
         default=x.eject_after,
@@ -409,6 +414,12 @@ def _add_replica_env(p: _EnvParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """The one place flags become settings."""
     config = _config_from_args(args)
+    if config.tls_key and not config.tls_cert:
+        raise ValueError("--tls-key needs --tls-cert")
+    if config.tls_cert:
+        from lbproxy.frontend.tls import server_context
+
+        server_context(config.tls_cert, config.tls_key)  # a bad file: one sentence, exit 2
     rewrite = args.rewrite_404
     on = config.runs_server_app() if rewrite is None else rewrite == "on"
     return config.replace(proxy=dataclasses.replace(config.proxy, rewrite_404=on))
@@ -458,6 +469,8 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         admin_token=args.admin_token or None,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
+        tls_cert=args.tls_cert or None,
+        tls_key=args.tls_key or None,
         docker=DockerConfig(
             image=args.docker_image,
             network=args.docker_network,

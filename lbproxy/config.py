@@ -171,6 +171,9 @@ class Config:
     #: When set, the balancer's own endpoints listen here only (not on the public port).
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None
+    #: PEM certificate chain and key: the public listener then speaks TLS only (HTTPS).
+    tls_cert: str | None = None
+    tls_key: str | None = None
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)

@@ -22,6 +22,7 @@ from lbproxy.app import BALANCER, Balancer, create_app
 from lbproxy.backends import ReplicaBackend
 from lbproxy.config import Config
 from lbproxy.frontend.relay import Frontend
+from lbproxy.frontend.tls import server_context
 from lbproxy.views import dashboard
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,8 @@ class BalancerServer:
     @property
     def url(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        scheme = "https" if self.config.tls_cert else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     async def start(self) -> None:
         """Bring everything up; on any failure, undo what was started and re-raise."""
@@ -70,6 +72,10 @@ class BalancerServer:
             self.frontend = Frontend(balancer.pool, self.config.proxy, control_key, balancer.stats)
             if balancer.autoscaler is not None and balancer.autoscaler.hold is not None:
                 self.frontend.on_empty = balancer.autoscaler.hold.offer  # scale from zero
+            tls = None
+            if self.config.tls_cert:
+                tls = server_context(self.config.tls_cert, self.config.tls_key)
+                self.frontend.scheme = b"https"  # X-Forwarded-Proto / Forwarded proto
             self.frontend.start()
             loop = asyncio.get_running_loop()
             self._server = await loop.create_server(
@@ -78,6 +84,10 @@ class BalancerServer:
                 self.config.port,
                 reuse_address=True,
                 backlog=2048,
+                ssl=tls,
+                # A client that opens a connection and stalls the handshake is cut off like
+                # one that stalls its request head (slowloris guard).
+                ssl_handshake_timeout=self.config.proxy.header_timeout if tls else None,
             )
             sock = self._server.sockets[0]
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
