@@ -328,3 +328,19 @@ async def test_reused_connection_closed_before_any_byte_is_retried_for_any_metho
         replica = next(r for r in pool.replicas() if r.name == name)
         assert replica.state is ReplicaState.UP and replica.failures == 0
         assert front.stats.upstream_errors["stale_connection"] == 1
+
+
+@pytest.mark.lbconfig(proxy=ProxyConfig(max_conns_per_replica=1, queue_timeout=0.2))
+async def test_an_open_websocket_does_not_hold_the_replicas_connection_slot(
+    lb: BalancerUnderTest,
+) -> None:
+    """A tunnel lives for minutes: counted against --max-conns-per-replica it would starve
+    the replica's HTTP requests (here: queued, then 503 after the queue timeout)."""
+    headers = {"X-Request-ID": "246810"}
+    async with lb.client.ws_connect(lb.url + "/ws", headers=headers) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive_str()) == "hello"
+        async with lb.client.get(lb.url + "/home", headers=headers) as r:
+            assert r.status == 200
+        await ws.send_str("still here")
+        assert (await ws.receive_str()) == "still here"

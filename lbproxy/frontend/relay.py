@@ -762,6 +762,7 @@ class Exchange:
             return
         tunnel = self.tunnel = Tunnel(self, conn)
         conn.tunnel = tunnel.from_upstream
+        conn.pool.detach(conn)  # a long-lived tunnel must not hold an HTTP connection slot
         client = self.client
         client.tunnel = tunnel.from_client
         self.on_upstream_data_done()

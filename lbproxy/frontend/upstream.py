@@ -321,6 +321,13 @@ class UpstreamPool:
             conn.counted = False
             self._slot_freed(host)
 
+    def detach(self, conn: UpstreamConnection) -> None:
+        """The connection became a tunnel (WebSocket): it no longer counts against the
+        address's cap, or 128 open WebSockets would starve its HTTP requests."""
+        if conn.counted:
+            conn.counted = False
+            self._slot_freed(conn.host)
+
     def connect_failed(self, key: str) -> None:
         """A connect attempt that held a slot failed: the slot goes to the next waiter."""
         self._slot_freed(self.host(key))
