@@ -119,7 +119,13 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
         connector=aiohttp.TCPConnector(limit=0),
         cookie_jar=aiohttp.DummyCookieJar(),
     )
-    reconciler = Reconciler(config, pool, backend, health_session)
+    reconciler: Reconciler
+    if config.backend == "swarm":  # the engine keeps the replicas: see control/swarm.py
+        from lbproxy.control.swarm import SwarmReconciler
+
+        reconciler = SwarmReconciler(config, pool, backend, health_session)
+    else:
+        reconciler = Reconciler(config, pool, backend, health_session)
     monitor = HealthMonitor(pool, health_session, config.health, reconciler.on_heartbeat_down)
     balancer = Balancer(config, pool, backend, health_session, reconciler, monitor, ProxyStats())
     if config.autoscale.enabled:

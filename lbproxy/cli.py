@@ -31,7 +31,14 @@ from lbproxy.argtypes import (
     replica_template,
     status_range,
 )
-from lbproxy.config import AutoscaleConfig, Config, DockerConfig, HealthConfig, ProxyConfig
+from lbproxy.config import (
+    AutoscaleConfig,
+    Config,
+    DockerConfig,
+    HealthConfig,
+    ProxyConfig,
+    SwarmConfig,
+)
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
 
 ENV_PREFIX = "LBPROXY_"
@@ -154,9 +161,9 @@ def _add_serve(sub: Any) -> None:
     )
     p.env_option(
         "--backend",
-        choices=("process", "docker"),
+        choices=("process", "docker", "swarm"),
         default=d.backend,
-        help="where replicas run: local processes or Docker containers",
+        help="where replicas run: local processes, Docker containers or Swarm services",
     )
     p.env_option("--hash", choices=FAMILY_NAMES, default=DEFAULT_FAMILY, help="ring hash family")
     p.env_option(
@@ -379,6 +386,29 @@ def _add_serve(sub: Any) -> None:
     p.env_option(
         "--docker-url", help="Docker engine URL (default: DOCKER_HOST or the local socket)"
     )
+    w = SwarmConfig()
+    p.env_option(
+        "--swarm-network",
+        default=w.network,
+        help="attachable overlay network of the replica services (swarm backend)",
+    )
+    p.env_option(
+        "--swarm-constraints",
+        type=_constraint_list,
+        default=w.constraints,
+        help="comma-separated placement constraints, e.g. 'node.role==worker' (swarm)",
+    )
+    p.env_option(
+        "--swarm-sync-interval",
+        type=positive_float,
+        default=w.sync_interval,
+        help="seconds between full lists of the pool's services and tasks (swarm)",
+    )
+    p.env_option(
+        "--swarm-stack",
+        default=w.stack,
+        help="stack namespace labelled on replica services, for `docker stack rm` (swarm)",
+    )
     _add_autoscale(p)
     p.env_option("--loop", choices=("auto", "uvloop", "asyncio"), default="auto", help="event loop")
     p.env_option(
@@ -409,6 +439,11 @@ def _add_replica_env(p: _EnvParser) -> None:
         f"[env {env}, several as 'A=1 B=\"two words\"'; default {default or 'none'}]",
     )
     p.set_defaults(replica_env_default=default)
+
+
+def _constraint_list(text: str) -> tuple[str, ...]:
+    """'node.role==worker, node.labels.zone==a' -> a tuple of constraints ('' -> none)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -479,6 +514,12 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             memory_mb=args.docker_memory,
             cpus=args.docker_cpus,
             docker_url=args.docker_url,
+        ),
+        swarm=SwarmConfig(
+            network=args.swarm_network,
+            constraints=tuple(args.swarm_constraints),
+            sync_interval=args.swarm_sync_interval,
+            stack=args.swarm_stack,
         ),
         autoscale=_autoscale_config(args),
     )

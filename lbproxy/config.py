@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-BackendName = Literal["process", "docker"]
+BackendName = Literal["process", "docker", "swarm"]
 
 #: Upper bound on ``n`` for one /add or /rm call: big enough for any sane scaling step,
 #: small enough that a typo (n=100000) cannot fork-bomb the host or flood the engine.
@@ -147,6 +147,23 @@ class AutoscaleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SwarmConfig:
+    """Swarm backend settings beyond DockerConfig's image, pool, limits and engine URL.
+
+    The replicas' network is an attachable overlay network (the balancer must be attached
+    to it too); ``constraints`` are Swarm placement constraints (docs/swarm.md).
+    """
+
+    network: str = "lbproxy-swarm"
+    #: Placement constraints, e.g. ("node.role==worker", "node.labels.zone==a").
+    constraints: tuple[str, ...] = ()
+    #: Seconds between full lists of the pool's services and tasks (events come sooner).
+    sync_interval: float = 1.0
+    #: Stack namespace labelled on replica services so `docker stack rm` removes them.
+    stack: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The balancer's whole configuration."""
 
@@ -178,6 +195,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     autoscale: AutoscaleConfig = field(default_factory=AutoscaleConfig)
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
 
     def runs_server_app(self) -> bool:
         """True when the replicas are lbproxy's own server_app (the default command/image)."""

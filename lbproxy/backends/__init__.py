@@ -1,4 +1,4 @@
-"""Replica backends: where replicas run (local processes, Docker containers).
+"""Replica backends: where replicas run (local processes, Docker containers, Swarm services).
 
 Each is a sibling module behind ``ReplicaBackend``; ``create_backend`` picks one by name
 and imports it lazily, so the process backend never needs aiodocker installed.
@@ -23,4 +23,9 @@ def create_backend(config: Config) -> ReplicaBackend:
 
         backend: ReplicaBackend = DockerBackend(config)
         return backend
-    raise ValueError(f"unknown backend {config.backend!r}; choose 'process' or 'docker'")
+    if config.backend == "swarm":
+        from lbproxy.backends.swarm import SwarmBackend
+
+        swarm: ReplicaBackend = SwarmBackend(config)
+        return swarm
+    raise ValueError(f"unknown backend {config.backend!r}; choose 'process', 'docker' or 'swarm'")

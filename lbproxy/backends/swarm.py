@@ -1,0 +1,531 @@
+"""Replicas as Docker Swarm services, driven through the Engine API with aiodocker.
+
+With docker.py, one of the two modules that import aiodocker (both under ``backends/``):
+every Engine call the Swarm backend makes is in here, typed, so the control plane
+(``control/swarm.py``) never sees a raw API shape.
+
+The mapping (docs/swarm.md explains it): **one replicated service per replica**, with one
+task. The service is named ``<pool>_<hostname>``, its task's container has the hostname,
+and the service's labels hold the pool, the hostname and the ring id. A task that Swarm
+restarts or reschedules is created from the same service spec, so it comes back under the
+same name and ring id and lands on the same ring slots. A task is an incarnation: its ID
+is the handle's ``backend_id``.
+
+The engine is the single source of truth shared by every balancer:
+- service names are unique in the swarm's Raft store, so two balancers that create the same
+  hostname at once get one service and one ``409 Conflict``;
+- a ring id is claimed by creating a Swarm config object named ``<pool>-ring-<id>``
+  (config names are unique as well), so two concurrent ``/add``\\s never reuse an id;
+- service updates carry the version they were read at, so of two balancers that force a
+  hung replica's replacement at once, only one update is applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from lbproxy.backends.base import (
+    BackendEvent,
+    DeathCallback,
+    ReplicaHandle,
+    validate_hostname,
+)
+from lbproxy.backends.docker import LABEL_POOL, LABEL_REPLICA, LABEL_RING_ID, LABEL_ROLE
+from lbproxy.config import Config
+from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError
+
+log = logging.getLogger(__name__)
+
+ROLE_REPLICA = "replica"
+ROLE_RING_CLAIM = "ring-claim"
+#: The label `docker stack deploy` puts on a stack's objects; `docker stack rm` removes by it.
+LABEL_STACK = "com.docker.stack.namespace"
+
+_EVENT_RETRY = 1.0
+#: Swarm object names (services): letters and digits, '-' and '_' inside (swarmkit's rule).
+_SWARM_NAME = re.compile(r"^[A-Za-z0-9](?:[-_]*[A-Za-z0-9])*$")
+_SWARM_NAME_MAX = 63
+_NS_PER_S = 1_000_000_000
+
+_ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError)
+
+
+def _engine_error(action: str, exc: Exception) -> LbproxyError:
+    """An engine failure as an error a caller can act on (the admin API shows it)."""
+    if isinstance(exc, aiodocker.DockerError):
+        if exc.status == 409:
+            return Conflict(f"{action}: {exc.message}")
+        return BackendError(f"{action}: Docker engine said {exc.status}: {exc.message}")
+    return BackendError(f"{action}: Docker engine unreachable ({exc})", status=503)
+
+
+def _parse_time(text: str) -> float:
+    """Engine timestamps (RFC 3339 with up to 9 fractional digits) as epoch seconds."""
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if match is None:
+        return 0.0
+    base, frac, zone = match.groups()
+    zone = "+00:00" if zone == "Z" else zone
+    stamp = dt.datetime.fromisoformat(base + zone).timestamp()
+    return stamp + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+def _created(obj: Mapping[str, Any]) -> float:
+    return _parse_time(str(obj.get("CreatedAt", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class SwarmReplica:
+    """One replica service as the engine reports it, with its running task if it has one."""
+
+    name: str
+    ring_id: int
+    service_id: str
+    #: The running task (the current incarnation) and its address; None while Swarm
+    #: (re)starts it.
+    task_id: str | None = None
+    url: str | None = None
+
+    @property
+    def handle(self) -> ReplicaHandle | None:
+        if self.task_id is None or self.url is None:
+            return None
+        return ReplicaHandle(self.name, self.url, self.task_id, self.ring_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RingClaim:
+    """A ring id held by a Swarm config object, for the replica ``name``."""
+
+    ring_id: int
+    name: str
+    created: float
+
+
+class SwarmBackend:
+    """Creates, watches and removes this pool's replica services; the engine keeps them."""
+
+    default_prefix = "server-"
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._pool = config.docker.pool
+        self._docker: aiodocker.Docker | None = None
+        self._events_task: asyncio.Task[None] | None = None
+        self._on_death: DeathCallback | None = None
+        #: Set whenever the engine reports a change to this pool (service created, updated,
+        #: removed; a task's container died): the controller lists and converges.
+        self.changed = asyncio.Event()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            raise BackendError("the Swarm backend is not open", status=503)
+        return self._docker
+
+    def service_name(self, name: str) -> str:
+        return f"{self._pool}_{name}"
+
+    def _claim_name(self, ring_id: int) -> str:
+        return f"{self._pool}-ring-{ring_id}"
+
+    def _labels(self, role: str, name: str, ring_id: int) -> dict[str, str]:
+        labels = {
+            LABEL_POOL: self._pool,
+            LABEL_ROLE: role,
+            LABEL_REPLICA: name,
+            LABEL_RING_ID: str(ring_id),
+        }
+        if self._config.swarm.stack:
+            labels[LABEL_STACK] = self._config.swarm.stack
+        return labels
+
+    def _filter(self, role: str) -> dict[str, list[str]]:
+        return {"label": [f"{LABEL_POOL}={self._pool}", f"{LABEL_ROLE}={role}"]}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def validate_name(self, name: object) -> str:
+        """A hostname that also makes a valid Swarm service name ``<pool>_<name>``."""
+        checked = validate_hostname(name)
+        service = self.service_name(checked)
+        if not _SWARM_NAME.match(checked) or len(service) > _SWARM_NAME_MAX:
+            raise BadRequest(
+                f"hostname {checked!r} cannot name a Swarm service: use letters, digits, "
+                f"'-' and '_' (no '.'), at most {_SWARM_NAME_MAX - len(self._pool) - 1} "
+                "characters"
+            )
+        return checked
+
+    async def open(self, on_death: DeathCallback) -> None:
+        self._on_death = on_death
+        try:
+            self._docker = aiodocker.Docker(url=self._config.docker.docker_url)
+            info = await self._docker.system.info()
+        except _ENGINE_ERRORS as exc:
+            await self.close()
+            raise _engine_error("connecting to the Docker engine", exc) from exc
+        except ValueError as exc:  # aiodocker: no socket found and no DOCKER_HOST
+            await self.close()
+            raise BackendError(f"no Docker engine to talk to: {exc}", status=503) from exc
+        swarm = info.get("Swarm") or {}
+        if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+            await self.close()
+            raise BackendError(
+                "the swarm backend needs a Swarm manager: this engine's swarm state is "
+                f"{swarm.get('LocalNodeState', 'unknown')!r} (run `docker swarm init`, or "
+                "place the balancer on a manager node)",
+                status=503,
+            )
+        try:
+            await self._ensure_network()
+        except BaseException:
+            await self.close()
+            raise
+        self._events_task = asyncio.create_task(self._watch_events(), name="swarm-events")
+
+    async def close(self) -> None:
+        if self._events_task is not None:
+            self._events_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._events_task
+            self._events_task = None
+        if self._docker is not None:
+            with contextlib.suppress(Exception):
+                await self._docker.events.stop()  # type: ignore[no-untyped-call]
+            await self._docker.close()
+            self._docker = None
+
+    async def _ensure_network(self) -> None:
+        """The replicas' overlay network: used if it exists (a stack made it), else created."""
+        name = self._config.swarm.network
+        try:
+            info = await (await self.docker.networks.get(name)).show()
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise _engine_error(f"looking up network {name!r}", exc) from exc
+            info = None
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"looking up network {name!r}", exc) from exc
+        if info is not None:
+            if info.get("Driver") != "overlay" or not info.get("Attachable"):
+                raise BackendError(
+                    f"network {name!r} exists but is not an attachable overlay network "
+                    f"(driver {info.get('Driver')!r}); choose another --swarm-network",
+                    status=503,
+                )
+            return
+        labels = {LABEL_POOL: self._pool}
+        if self._config.swarm.stack:
+            labels[LABEL_STACK] = self._config.swarm.stack
+        try:
+            await self.docker.networks.create(
+                {
+                    "Name": name,
+                    "Driver": "overlay",
+                    "Attachable": True,
+                    "CheckDuplicate": True,
+                    "Labels": labels,
+                }
+            )
+            log.info("created overlay network %r", name)
+        except aiodocker.DockerError as exc:
+            if exc.status != 409:  # another balancer created it first: fine
+                raise _engine_error(f"creating network {name!r}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"creating network {name!r}", exc) from exc
+
+    # -- reading the engine's state ---------------------------------------------------------
+
+    def _task_url(self, task: Mapping[str, Any]) -> str | None:
+        network = self._config.swarm.network
+        for attachment in task.get("NetworksAttachments") or []:
+            spec = (attachment.get("Network") or {}).get("Spec") or {}
+            addresses = attachment.get("Addresses") or []
+            if spec.get("Name") == network and addresses:
+                address = str(addresses[0]).split("/", 1)[0]
+                return f"http://{address}:{self._config.docker.replica_port}"
+        return None
+
+    async def replicas(self) -> list[SwarmReplica]:
+        """Every replica service of this pool, with its running task, oldest service first."""
+        try:
+            services = await self.docker.services.list(filters=self._filter(ROLE_REPLICA))
+            tasks = await self.docker.tasks.list(filters={"desired-state": ["running"]})
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error("listing this pool's services", exc) from exc
+        running: dict[str, Mapping[str, Any]] = {}
+        for task in tasks:
+            if (task.get("Status") or {}).get("State") == "running":
+                previous: Mapping[str, Any] | None = running.get(task["ServiceID"])
+                # Two running tasks for one service: a start-first update in progress; the
+                # newer one is the incarnation that stays.
+                if previous is None or _created(task) > _created(previous):
+                    running[task["ServiceID"]] = task
+        result: list[tuple[float, SwarmReplica]] = []
+        for service in services:
+            labels = (service.get("Spec") or {}).get("Labels") or {}
+            name = labels.get(LABEL_REPLICA)
+            ring_id = labels.get(LABEL_RING_ID, "")
+            if not name or not ring_id.isdigit():
+                continue
+            current = running.get(service["ID"])
+            result.append(
+                (
+                    _parse_time(service.get("CreatedAt", "")),
+                    SwarmReplica(
+                        name=name,
+                        ring_id=int(ring_id),
+                        service_id=service["ID"],
+                        task_id=current["ID"] if current is not None else None,
+                        url=self._task_url(current) if current is not None else None,
+                    ),
+                )
+            )
+        result.sort(key=lambda item: (item[0], item[1].name))
+        return [replica for _, replica in result]
+
+    async def claims(self) -> list[RingClaim]:
+        """The ring ids this pool holds (config objects), with the replica each is for."""
+        try:
+            configs = await self.docker.configs.list(filters=self._filter(ROLE_RING_CLAIM))
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error("listing this pool's ring-id claims", exc) from exc
+        found: list[RingClaim] = []
+        for config in configs:
+            labels = (config.get("Spec") or {}).get("Labels") or {}
+            ring_id = labels.get(LABEL_RING_ID, "")
+            if ring_id.isdigit():
+                found.append(
+                    RingClaim(
+                        int(ring_id),
+                        labels.get(LABEL_REPLICA, ""),
+                        _parse_time(config.get("CreatedAt", "")),
+                    )
+                )
+        return found
+
+    # -- changing the engine's state ----------------------------------------------------------
+
+    async def claim_ring_id(self, ring_id: int, name: str) -> bool:
+        """Hold ``ring_id`` for ``name``; False if another claim holds it (name taken)."""
+        try:
+            await self.docker.configs.create(
+                self._claim_name(ring_id),
+                name,
+                labels=self._labels(ROLE_RING_CLAIM, name, ring_id),
+            )
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:
+                return False
+            raise _engine_error(f"claiming ring id {ring_id}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"claiming ring id {ring_id}", exc) from exc
+        return True
+
+    async def release_ring_id(self, ring_id: int) -> None:
+        try:
+            await self.docker.configs.delete(self._claim_name(ring_id))
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise _engine_error(f"releasing ring id {ring_id}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"releasing ring id {ring_id}", exc) from exc
+
+    def _service_spec(self, name: str, ring_id: int) -> dict[str, Any]:
+        dc, sc = self._config.docker, self._config.swarm
+        labels = self._labels(ROLE_REPLICA, name, ring_id)
+        task_template: dict[str, Any] = {
+            "ContainerSpec": {
+                "Image": dc.image,
+                "Hostname": name,
+                # aiodocker turns this mapping into the API's ["K=V"] list.
+                "Env": {"SERVER_ID": name, "PORT": str(dc.replica_port)},
+                "Labels": labels,
+                # The balancers' heartbeats decide health; the image's HEALTHCHECK would
+                # also hold a new task in "starting" until Docker's own check passes.
+                "HealthCheck": {"Test": ["NONE"]},
+                "StopGracePeriod": int(self._config.stop_timeout * _NS_PER_S),
+                "CapabilityDrop": ["ALL"],
+                "Privileges": {"NoNewPrivileges": True},
+            },
+            "Resources": {
+                "Limits": {
+                    "MemoryBytes": dc.memory_mb * 1024 * 1024,
+                    "NanoCPUs": int(dc.cpus * 1e9),
+                    "Pids": 256,
+                }
+            },
+            # Swarm restarts a dead task at once (its default waits 5 s).
+            "RestartPolicy": {"Condition": "any", "Delay": _NS_PER_S // 10, "MaxAttempts": 0},
+            "Placement": {"Constraints": list(sc.constraints)},
+            "Networks": [{"Target": sc.network, "Aliases": [name]}],
+            "LogDriver": {"Name": "json-file", "Options": {"max-size": "1m"}},
+        }
+        return {
+            "task_template": task_template,
+            "name": self.service_name(name),
+            "labels": labels,
+            "mode": {"Replicated": {"Replicas": 1}},
+            # A forced replacement starts the new task before it stops the hung one.
+            "update_config": {
+                "Parallelism": 1,
+                "Order": "start-first",
+                "FailureAction": "continue",
+            },
+            # Tasks are addressed by their own IP: no virtual IP (nor ingress) needed.
+            "endpoint_spec": {"Mode": "dnsrr"},
+        }
+
+    async def create_service(self, name: str, ring_id: int) -> str:
+        """Create the replica service; ``Conflict`` if a service of that name exists."""
+        try:
+            created = await self.docker.services.create(**self._service_spec(name, ring_id))
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:
+                raise Conflict(f"a Swarm service named {self.service_name(name)!r} exists") from exc
+            raise _engine_error(f"creating replica service {name!r}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"creating replica service {name!r}", exc) from exc
+        log.info("created service %r (ring id %d)", self.service_name(name), ring_id)
+        return str(created["ID"])
+
+    async def remove_service(self, name: str) -> None:
+        """Remove the replica service (Swarm then stops its task); gone already is fine."""
+        try:
+            await self.docker.services.delete(self.service_name(name))
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise _engine_error(f"removing replica service {name!r}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"removing replica service {name!r}", exc) from exc
+
+    async def force_update(self, name: str, task_id: str) -> bool:
+        """Make Swarm replace task ``task_id`` of ``name`` (hung: it runs but fails heartbeats).
+
+        Done like ``docker service update --force``: the spec's ``ForceUpdate`` counter goes
+        up by one, sent with the version it was read at. Skipped (False) when the task is no
+        longer the service's current one or an update newer than the task already exists,
+        and when another balancer's update won the version race: one replacement, not one
+        per balancer.
+        """
+        service_name = self.service_name(name)
+        try:
+            service = await self.docker.services.inspect(service_name)
+            task = await self.docker.tasks.inspect(task_id)
+            status = task.get("Status") or {}
+            if (
+                task.get("ServiceID") != service["ID"]
+                or task.get("DesiredState") != "running"
+                or status.get("State") != "running"
+                or _parse_time(service.get("UpdatedAt", "")) > _created(task)
+            ):
+                return False  # already dead or superseded: Swarm is on it
+            spec = service["Spec"]
+            template = spec["TaskTemplate"]
+            template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
+            await self.docker._query_json(
+                f"services/{service['ID']}/update",
+                method="POST",
+                data=json.dumps(spec),
+                params={"version": service["Version"]["Index"]},
+            )
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            # "update out of sequence": another writer changed the service since we read it.
+            if "out of sequence" in str(exc.message):
+                return False
+            raise _engine_error(f"forcing the replacement of {name!r}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"forcing the replacement of {name!r}", exc) from exc
+        log.info("forced an update of %r to replace task %s", service_name, task_id[:12])
+        return True
+
+    # -- the ReplicaBackend interface ----------------------------------------------------------
+
+    async def adopt(self) -> list[ReplicaHandle]:
+        """The running tasks of this pool's services (nothing is removed: the engine decides)."""
+        return [h for r in await self.replicas() if (h := r.handle) is not None]
+
+    async def list(self) -> list[ReplicaHandle]:
+        return await self.adopt()
+
+    async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        """Create the service and return its first running task (bounded by start_timeout)."""
+        await self.create_service(name, ring_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.start_timeout
+        while loop.time() < deadline:
+            for replica in await self.replicas():
+                if replica.name == name and replica.handle is not None:
+                    return replica.handle
+            self.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.changed.wait(), timeout=0.25)
+        await self.remove_service(name)
+        raise BackendError(f"Swarm did not start a task for {name!r} in time")
+
+    async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
+        """Remove the replica's service (Swarm stops its task with the spec's grace period)."""
+        await self.remove_service(handle.name)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def _watch_events(self) -> None:
+        """Follow service events and task containers' deaths; resubscribe if the stream drops.
+
+        Service events are cluster-wide on a manager; container ``die`` events are local to
+        this node (other nodes' deaths arrive as service task changes in the periodic list).
+        """
+        filters = json.dumps(
+            {"type": ["service", "container"], "event": ["create", "update", "remove", "die"]}
+        )
+        while True:
+            subscriber = self.docker.events.subscribe(filters=filters)  # type: ignore[no-untyped-call]
+            try:
+                while True:
+                    event = await subscriber.get()
+                    if event is None:
+                        break  # stream ended (engine restarted?): resubscribe
+                    self._dispatch(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("Docker event stream failed; resubscribing")
+            self.changed.set()  # events may have been missed: list again
+            with contextlib.suppress(Exception):
+                await self.docker.events.stop()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(_EVENT_RETRY)
+
+    def _dispatch(self, event: Mapping[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        if event.get("Type") == "service":
+            if str(attributes.get("name", "")).startswith(f"{self._pool}_"):
+                self.changed.set()
+            return
+        if attributes.get(LABEL_POOL) != self._pool or not attributes.get(LABEL_REPLICA):
+            return
+        self.changed.set()
+        task_id = attributes.get("com.docker.swarm.task.id")
+        if task_id and self._on_death is not None:
+            code = attributes.get("exitCode", "?")
+            self._on_death(
+                BackendEvent(
+                    attributes[LABEL_REPLICA], task_id, f"task container died (exit code {code})"
+                )
+            )

@@ -1,0 +1,341 @@
+"""End to end on a real Docker Swarm: `docker stack deploy -c stack.yaml`, two balancers.
+
+Runs whenever `docker info` answers. On an engine that is not in a swarm, the module
+initialises a single-node swarm (``--advertise-addr 127.0.0.1``) and leaves it afterwards; on
+an engine already in a swarm it touches only the stack, services, configs and network it
+made (all named after ``STACK``). Run it under ``flock /tmp/lbproxy-heavy.lock``: a swarm init
+changes the engine for everyone. Traffic goes only to 127.0.0.1 (host-mode published ports).
+
+The figures it measures (kill-to-first-response, cross-instance visibility, a balancer's
+restart) are printed, not asserted against a number: see docs/swarm.md for the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from lbproxy.backends.process import free_loopback_port
+from lbproxy_tools.launcher import docker_engine_answers
+from tests.process_balancer import steady_load
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parent.parent
+STACK = "lbpswarm"
+NAMESPACE = "com.docker.stack.namespace"
+SOCKET = "/var/run/docker.sock"
+
+if not docker_engine_answers():
+    pytest.skip("no Docker engine answers `docker info`", allow_module_level=True)
+
+
+def sh(*cmd: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc.stdout
+
+
+def _ids(kind: str) -> list[str]:
+    """IDs of this stack's objects of ``kind`` (service, config, network, container)."""
+    if kind == "container":
+        return sh("docker", "ps", "-aq", "--filter", f"label={NAMESPACE}={STACK}").split()
+    return sh("docker", kind, "ls", "-q", "--filter", f"label={NAMESPACE}={STACK}").split()
+
+
+def _leftovers() -> dict[str, list[str]]:
+    found = {kind: _ids(kind) for kind in ("service", "config", "network", "container")}
+    return {kind: ids for kind, ids in found.items() if ids}
+
+
+def _remove_everything() -> None:
+    """Force-remove whatever this module made (a failed run's remains), then wait."""
+    sh("docker", "stack", "rm", STACK, check=False)
+    for kind in ("service", "config"):
+        ids = _ids(kind)
+        if ids:
+            sh("docker", kind, "rm", *ids, check=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        networks = _ids("network")
+        if networks:
+            sh("docker", "network", "rm", *networks, check=False)
+        if not _leftovers():
+            return
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def swarm() -> Iterator[None]:
+    """A swarm to deploy on: this engine's, or a single-node one made here and left after."""
+    state = sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    made = state != "active"
+    if made:
+        sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield
+    finally:
+        _remove_everything()
+        if made:
+            sh("docker", "swarm", "leave", "--force", check=False)
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    proc = subprocess.run(
+        ["bash", "scripts/ensure-images.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"building the images failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+
+
+async def _engine(
+    session: aiohttp.ClientSession, method: str, path: str, body: Any = None, **params: str
+) -> Any:
+    """One Engine API call over the socket (the test's own, not the balancer's)."""
+    async with session.request(
+        method, f"http://docker/v1.41{path}", json=body, params=params or None
+    ) as resp:
+        text = await resp.text()
+        assert resp.status < 300, f"{method} {path}: {resp.status} {text}"
+        return json.loads(text) if text else None
+
+
+@dataclass
+class Deployed:
+    a: str  # the stack's balancer
+    b: str  # a second balancer service from the stack's own spec (another node's stand-in)
+    a_port: int
+    b_port: int
+
+
+async def _wait_rep(session: aiohttp.ClientSession, url: str, n: int, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            async with session.get(url + "/rep", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                last = await r.json()
+                if r.status == 200 and last["message"]["N"] == n:
+                    return last
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{url} did not report {n} replicas in {timeout}s (last: {last})")
+
+
+def _services() -> dict[str, str]:
+    """name -> ID of this stack's replica services."""
+    out = sh(
+        "docker", "service", "ls", "--filter", "label=lbproxy.role=replica",
+        "--filter", f"label={NAMESPACE}={STACK}", "--format", "{{.Name}} {{.ID}}",
+    )  # fmt: skip
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def _task_container(service: str) -> str:
+    out = sh("docker", "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}")
+    ids = out.split()
+    assert len(ids) == 1, f"expected one running container for {service}, got {ids}"
+    return ids[0]
+
+
+@pytest.fixture(scope="module")
+async def deployed(swarm: None, images: None) -> AsyncIterator[Deployed]:
+    _remove_everything()
+    a_port, b_port = free_loopback_port(), free_loopback_port()
+    env = dict(os.environ)
+    env.update(
+        LBPROXY_HOST_PORT=str(a_port),
+        LBPROXY_POOL=STACK,
+        LBPROXY_SWARM_NETWORK=f"{STACK}-net",
+        LBPROXY_HEARTBEAT_INTERVAL="0.5",
+        LBPROXY_REPLICAS="3",
+    )
+    sh("docker", "stack", "deploy", "-c", "stack.yaml", STACK, env=env)
+    deployed = Deployed(a=f"{STACK}_lb", b=f"{STACK}_lb2", a_port=a_port, b_port=b_port)
+    connector = aiohttp.UnixConnector(path=SOCKET)
+    try:
+        async with (
+            aiohttp.ClientSession(connector=connector) as engine,
+            aiohttp.ClientSession() as s,
+        ):
+            await _wait_rep(s, f"http://127.0.0.1:{a_port}", 3, timeout=120)
+            # Another node's balancer, made from the stack's own service spec: same image,
+            # environment, mounts and network; another host port.
+            spec = (await _engine(engine, "GET", f"/services/{deployed.a}"))["Spec"]
+            spec["Name"] = deployed.b
+            spec["EndpointSpec"]["Ports"][0]["PublishedPort"] = b_port
+            spec["Labels"]["com.docker.stack.image"] = spec["Labels"].get(
+                "com.docker.stack.image", "lbproxy-lb:latest"
+            )
+            await _engine(engine, "POST", "/services/create", spec)
+            await _wait_rep(s, f"http://127.0.0.1:{b_port}", 3, timeout=120)
+        yield deployed
+    finally:
+        for service in (deployed.a, deployed.b):
+            print(sh("docker", "service", "logs", "--tail", "40", service, check=False))
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+async def _route(session: aiohttp.ClientSession, url: str, ids: list[int]) -> list[str]:
+    """The replica that answers each id (X-Request-ID), 16 requests at a time."""
+    answers: list[str] = [""] * len(ids)
+    queue = iter(enumerate(ids))
+
+    async def worker() -> None:
+        for i, rid in queue:
+            async with session.get(url + "/home", headers={"X-Request-ID": str(rid)}) as r:
+                assert r.status == 200, await r.text()
+                answers[i] = (await r.json())["message"].removeprefix("Hello from Server: ")
+
+    await asyncio.gather(*(worker() for _ in range(16)))
+    return answers
+
+
+async def test_two_balancers_hold_the_same_pool_and_route_identically(deployed: Deployed) -> None:
+    before = _services()
+    async with aiohttp.ClientSession() as s:
+        rep_a = await _wait_rep(s, _url(deployed.a_port), 3, timeout=10)
+        rep_b = await _wait_rep(s, _url(deployed.b_port), 3, timeout=10)
+        assert rep_a == rep_b
+        names = sorted(n.removeprefix(f"{STACK}_") for n in before)
+        assert sorted(rep_a["message"]["replicas"]) == names
+        ids = random.Random(15).sample(range(100000, 1000000), 10_000)
+        via_a = await _route(s, _url(deployed.a_port), ids)
+        via_b = await _route(s, _url(deployed.b_port), ids)
+    mismatches = sum(1 for x, y in zip(via_a, via_b, strict=True) if x != y)
+    print(f"\nidentical routing: {len(ids)} ids through each balancer, {mismatches} mismatches")
+    assert mismatches == 0
+    assert set(via_a) == set(rep_a["message"]["replicas"])
+    assert _services() == before, "the second balancer must adopt, not create"
+
+
+async def test_add_and_rm_through_one_balancer_are_seen_by_the_other(deployed: Deployed) -> None:
+    a, b = _url(deployed.a_port), _url(deployed.b_port)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(a + "/add", json={"n": 2, "hostnames": ["S5"]}) as r:
+            assert r.status == 200, await r.text()
+            added = (await r.json())["message"]["replicas"]
+        answered = time.monotonic()
+        assert len(added) == 5 and "S5" in added
+        seen_add = await _until(s, b, lambda names: sorted(names) == sorted(added))
+        async with s.delete(b + "/rm", json={"n": 2, "hostnames": ["S5"]}) as r:
+            assert r.status == 200, await r.text()
+            left = (await r.json())["message"]["replicas"]
+        assert len(left) == 3 and "S5" not in left
+        seen_rm = await _until(s, a, lambda names: sorted(names) == sorted(left))
+        del answered
+    print(f"\ncross-instance visibility: /add via A seen by B after {seen_add:.2f}s, "
+          f"/rm via B seen by A after {seen_rm:.2f}s")  # fmt: skip
+    assert seen_add <= 2.0 and seen_rm <= 2.0
+    assert sorted(n.removeprefix(f"{STACK}_") for n in _services()) == sorted(left)
+
+
+async def _until(session: aiohttp.ClientSession, url: str, ok: Any) -> float:
+    """Seconds until ``ok(replicas)`` holds for ``url``'s /rep (polled every 20 ms)."""
+    start = time.monotonic()
+    while time.monotonic() - start < 10:
+        async with session.get(url + "/rep") as r:
+            if ok((await r.json())["message"]["replicas"]):
+                return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} did not converge within 10 s")
+
+
+async def test_docker_kill_of_a_replica_under_load(deployed: Deployed) -> None:
+    """Swarm replaces it under the same name and ring id; no client request fails."""
+    a = _url(deployed.a_port)
+    times: list[float] = []
+    async with aiohttp.ClientSession() as s:
+        async with s.get(a + "/lbproxy/status") as r:
+            replicas = {x["name"]: x for x in (await r.json())["message"]["replicas"]}
+        victim = sorted(replicas)[1]
+        ring_id = replicas[victim]["ring_id"]
+        # an id the victim owns: its first answer after the kill is the new task's
+        ids = random.Random(7).sample(range(100000, 1000000), 400)
+        owners = await _route(s, a, ids)
+        key = next(i for i, o in zip(ids, owners, strict=True) if o == victim)
+        stop = asyncio.Event()
+        load = asyncio.create_task(steady_load(s, a, requests=10**6, concurrency=8, stop=stop))
+        try:
+            for _ in range(5):
+                container = _task_container(f"{STACK}_{victim}")
+                killed = time.monotonic()
+                sh("docker", "kill", container)
+                while True:
+                    async with s.get(a + "/home", headers={"X-Request-ID": str(key)}) as r:
+                        assert r.status == 200
+                        who = (await r.json())["message"].removeprefix("Hello from Server: ")
+                    if who == victim:
+                        times.append(time.monotonic() - killed)
+                        break
+                    assert time.monotonic() - killed < 30, "no replacement within 30 s"
+                    await asyncio.sleep(0.01)
+                assert _task_container(f"{STACK}_{victim}") != container
+        finally:
+            stop.set()
+            outcomes = await load
+        async with s.get(a + "/lbproxy/status") as r:
+            after = {x["name"]: x for x in (await r.json())["message"]["replicas"]}
+    print(f"\ndocker kill -> first response from the replacement: "
+          f"median {statistics.median(times):.2f}s of {[round(t, 2) for t in times]}; "
+          f"load outcomes {outcomes}")  # fmt: skip
+    assert after[victim]["ring_id"] == ring_id
+    assert sorted(after) == sorted(replicas)
+    assert set(outcomes) == {"200"}, outcomes
+
+
+async def test_killed_balancer_is_restarted_and_adopts(deployed: Deployed) -> None:
+    """Kill A's container under load on both: B serves throughout; A comes back, creates nothing."""
+    a, b = _url(deployed.a_port), _url(deployed.b_port)
+    before = _services()
+    async with aiohttp.ClientSession() as s:
+        stop = asyncio.Event()
+        load_b = asyncio.create_task(steady_load(s, b, requests=10**6, concurrency=4, stop=stop))
+        load_a = asyncio.create_task(steady_load(s, a, requests=10**6, concurrency=4, stop=stop))
+        try:
+            await asyncio.sleep(0.5)
+            container = _task_container(deployed.a)
+            killed = time.monotonic()
+            sh("docker", "kill", container)
+            await _wait_rep(s, a, 3, timeout=60)
+            restarted = time.monotonic() - killed
+            await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            seen_b, seen_a = await load_b, await load_a
+    print(f"\nbalancer killed: back after {restarted:.2f}s; the other balancer's clients saw "
+          f"{seen_b}; the killed one's clients saw {seen_a}")  # fmt: skip
+    assert set(seen_b) == {"200"}, seen_b
+    assert _task_container(deployed.a) != container
+    assert _services() == before, "a restarted balancer must adopt, not create or remove"
+
+
+async def test_stack_rm_leaves_nothing(deployed: Deployed) -> None:
+    sh("docker", "service", "rm", deployed.b)
+    sh("docker", "stack", "rm", STACK)
+    deadline = time.monotonic() + 60
+    left = _leftovers()
+    while left and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        left = _leftovers()
+    assert not left, f"docker stack rm left {left}"
