@@ -488,11 +488,14 @@ class SwarmBackend:
     async def _watch_events(self) -> None:
         """Follow service events and task containers' deaths; resubscribe if the stream drops.
 
-        Service events are cluster-wide on a manager; container ``die`` events are local to
-        this node (other nodes' deaths arrive as service task changes in the periodic list).
+        Service events are cluster-wide on a manager; container ``start`` and ``die`` events
+        are local to this node (other nodes' task changes arrive with the periodic list).
         """
         filters = json.dumps(
-            {"type": ["service", "container"], "event": ["create", "update", "remove", "die"]}
+            {
+                "type": ["service", "container"],
+                "event": ["create", "update", "remove", "start", "die"],
+            }
         )
         while True:
             subscriber = self.docker.events.subscribe(filters=filters)  # type: ignore[no-untyped-call]

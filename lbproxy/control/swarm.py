@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 
@@ -78,10 +79,10 @@ class SwarmReconciler(Reconciler):
     def on_death(self, event: BackendEvent) -> None:
         """A task's container died on this node: off the ring now; Swarm starts the next."""
         replica = self._pool.get(event.name)
-        if replica is None or replica.handle is None:
-            return
-        if replica.handle.backend_id != event.backend_id:
-            return  # an older task of the service
+        incarnation = replica.incarnation if replica is not None else None
+        if replica is None or incarnation is None or incarnation.backend_id != event.backend_id:
+            return  # an older task of the service, or one this balancer never saw
+        incarnation.dead = True
         self._pool.events.emit("died", replica.name, event.reason)
         self._pool.mark_down(replica, f"died: {event.reason}")
 
@@ -143,6 +144,8 @@ class SwarmReconciler(Reconciler):
             handle = found.handle
             if handle is None:
                 # Swarm is (re)starting the task: nothing to send to until the next one runs.
+                if member.incarnation is not None:
+                    member.incarnation.dead = True
                 if member.state in (ReplicaState.UP, ReplicaState.EJECTED, ReplicaState.STARTING):
                     self._pool.mark_down(member, "Swarm task not running")
                 continue
@@ -166,24 +169,27 @@ class SwarmReconciler(Reconciler):
 
     def _probe(self, member: Replica) -> None:
         """Heartbeat a new task fast; on the ring once it passes, else Swarm replaces it."""
-        handle = member.handle
-        if handle is None:
+        incarnation = member.incarnation
+        if incarnation is None:
             return
         previous = self._probes.pop(member.name, None)
         if previous is not None:
             previous.cancel()
 
+        def gone() -> bool:
+            return incarnation.dead or not self._pool.is_current(member, incarnation)
+
         async def probe() -> None:
             try:
                 ready = await wait_ready(
                     self._session,
-                    handle.url,
+                    incarnation.url,
                     rise=self._config.health.rise,
                     timeout=self._config.start_timeout,
                     check_timeout=self._config.health.timeout,
-                    dead=lambda: member.handle is not handle,
+                    dead=gone,
                 )
-                if member.handle is not handle or self._pool.get(member.name) is not member:
+                if gone():
                     return
                 if ready:
                     self._pool.mark_up(member)
@@ -192,7 +198,7 @@ class SwarmReconciler(Reconciler):
                     self._pool.events.emit("heartbeat_down", member.name, reason)
                     member.state = ReplicaState.DOWN
                     if not self._stopping:
-                        self._force(member.name, handle.backend_id, reason)
+                        self._force(member.name, incarnation.backend_id, reason)
             finally:
                 if self._probes.get(member.name) is task:
                     del self._probes[member.name]
@@ -402,8 +408,11 @@ class SwarmReconciler(Reconciler):
 
     async def run(self) -> None:
         """List and converge on every engine event, and at least every sync interval."""
-        interval = self._config.swarm.sync_interval
         while not self._stopping:
+            # While a member waits for its task, list faster: a task's "running" state can
+            # reach the manager after the container's start event.
+            waiting = any(r.state is not ReplicaState.UP for r in self._pool.replicas())
+            interval = min(self._config.swarm.sync_interval, 0.25 if waiting else math.inf)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._swarm.changed.wait(), timeout=interval)
             self._swarm.changed.clear()

@@ -1,0 +1,128 @@
+"""The Swarm backend's pure parts: names, the service spec, engine timestamps, events.
+
+The engine-facing behaviour (create, list, force update, several balancers) is tested on a
+real swarm in test_swarm_e2e.py; these pin what the balancer asks the engine for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lbproxy.backends.base import BackendEvent
+from lbproxy.backends.swarm import LABEL_STACK, SwarmBackend, _parse_time
+from lbproxy.cli import build_parser, config_from_args
+from lbproxy.config import Config, DockerConfig, SwarmConfig
+from lbproxy.errors import BadRequest
+
+pytestmark = pytest.mark.unit
+
+
+def _backend(**swarm: object) -> SwarmBackend:
+    config = Config(
+        backend="swarm",
+        docker=DockerConfig(pool="pool1", memory_mb=64, cpus=0.25),
+        swarm=SwarmConfig(**swarm),  # type: ignore[arg-type]
+    )
+    return SwarmBackend(config)
+
+
+def test_names_must_make_valid_service_names() -> None:
+    backend = _backend()
+    assert backend.validate_name("S5") == "S5"
+    assert backend.service_name("S5") == "pool1_S5"
+    for bad in ("a.b", "Server 1", "-x", "x" * 60, 5):
+        with pytest.raises(BadRequest):
+            backend.validate_name(bad)
+
+
+def test_service_spec_carries_labels_limits_and_placement() -> None:
+    backend = _backend(network="net1", constraints=("node.role==worker",), stack="st")
+    spec = backend._service_spec("S5", 7)
+    assert spec["name"] == "pool1_S5"
+    labels = spec["labels"]
+    assert labels["lbproxy.replica"] == "S5" and labels["lbproxy.ring-id"] == "7"
+    assert labels[LABEL_STACK] == "st"
+    template = spec["task_template"]
+    container = template["ContainerSpec"]
+    assert container["Hostname"] == "S5" and container["Env"]["SERVER_ID"] == "S5"
+    assert container["Labels"] == labels  # task containers are recognisable in die events
+    assert template["Resources"]["Limits"]["MemoryBytes"] == 64 * 1024 * 1024
+    assert template["Resources"]["Limits"]["NanoCPUs"] == 250_000_000
+    assert template["Placement"]["Constraints"] == ["node.role==worker"]
+    assert template["Networks"] == [{"Target": "net1", "Aliases": ["S5"]}]
+    assert template["RestartPolicy"]["Condition"] == "any"
+    assert spec["mode"] == {"Replicated": {"Replicas": 1}}
+    assert spec["endpoint_spec"] == {"Mode": "dnsrr"}
+
+
+def test_no_stack_label_without_a_stack() -> None:
+    assert LABEL_STACK not in _backend()._service_spec("S1", 1)["labels"]
+
+
+def test_engine_timestamps_keep_their_order_whatever_the_digits() -> None:
+    # Go trims trailing zeros from nanoseconds: string order is not time order.
+    early = _parse_time("2026-12-02T03:46:38.9Z")
+    late = _parse_time("2026-12-02T03:46:38.372140187Z")
+    assert late < early
+    assert _parse_time("2026-12-02T03:46:39Z") > early
+    assert _parse_time("garbage") == 0.0
+
+
+def test_task_address_on_the_pool_network() -> None:
+    backend = _backend(network="net1")
+    task = {
+        "NetworksAttachments": [
+            {"Network": {"Spec": {"Name": "ingress"}}, "Addresses": ["10.0.0.5/24"]},
+            {"Network": {"Spec": {"Name": "net1"}}, "Addresses": ["10.0.1.3/24"]},
+        ]
+    }
+    assert backend._task_url(task) == "http://10.0.1.3:5000"
+    assert backend._task_url({"NetworksAttachments": []}) is None
+
+
+async def test_events_of_the_pool_wake_the_sync_and_report_deaths() -> None:
+    backend = _backend()
+    deaths: list[BackendEvent] = []
+    backend._on_death = deaths.append
+    backend._dispatch({"Type": "service", "Actor": {"Attributes": {"name": "other_S1"}}})
+    backend._dispatch(
+        {"Type": "container", "Actor": {"Attributes": {"lbproxy.control.pool": "other"}}}
+    )
+    assert not backend.changed.is_set() and not deaths
+    backend._dispatch({"Type": "service", "Actor": {"Attributes": {"name": "pool1_S1"}}})
+    assert backend.changed.is_set()
+    backend.changed.clear()
+    backend._dispatch(
+        {
+            "Type": "container",
+            "Action": "die",
+            "Actor": {
+                "ID": "c1",
+                "Attributes": {
+                    "lbproxy.control.pool": "pool1",
+                    "lbproxy.replica": "S1",
+                    "com.docker.swarm.task.id": "t1",
+                    "exitCode": "137",
+                },
+            },
+        }
+    )
+    assert backend.changed.is_set()
+    assert deaths == [BackendEvent("S1", "t1", "task container died (exit code 137)")]
+    await asyncio.sleep(0)
+
+
+def test_swarm_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LBPROXY_SWARM_CONSTRAINTS", "node.role==worker, node.labels.zone==a")
+    args = build_parser().parse_args(
+        ["serve", "--backend", "swarm", "--swarm-network", "n2", "--swarm-stack", "st"]
+    )
+    swarm = config_from_args(args).swarm
+    assert swarm == SwarmConfig(
+        network="n2",
+        constraints=("node.role==worker", "node.labels.zone==a"),
+        sync_interval=1.0,
+        stack="st",
+    )
