@@ -19,7 +19,7 @@ import random
 import statistics
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +155,7 @@ def _task_container(service: str) -> str:
     return ids[0]
 
 
-@pytest.fixture(scope="module")
-async def deployed(swarm: None, images: None) -> AsyncIterator[Deployed]:
-    _remove_everything()
-    a_port, b_port = free_loopback_port(), free_loopback_port()
+async def _deploy(a_port: int, b_port: int) -> Deployed:
     env = dict(os.environ)
     env.update(
         LBPROXY_HOST_PORT=str(a_port),
@@ -170,25 +167,29 @@ async def deployed(swarm: None, images: None) -> AsyncIterator[Deployed]:
     sh("docker", "stack", "deploy", "-c", "stack.yaml", STACK, env=env)
     deployed = Deployed(a=f"{STACK}_lb", b=f"{STACK}_lb2", a_port=a_port, b_port=b_port)
     connector = aiohttp.UnixConnector(path=SOCKET)
+    async with (
+        aiohttp.ClientSession(connector=connector) as engine,
+        aiohttp.ClientSession() as s,
+    ):
+        await _wait_rep(s, _url(a_port), 3, timeout=120)
+        # Another node's balancer, made from the stack's own service spec: same image,
+        # environment, mounts, network and stack label; another host port.
+        spec = (await _engine(engine, "GET", f"/services/{deployed.a}"))["Spec"]
+        spec["Name"] = deployed.b
+        spec["EndpointSpec"]["Ports"][0]["PublishedPort"] = b_port
+        await _engine(engine, "POST", "/services/create", spec)
+        await _wait_rep(s, _url(b_port), 3, timeout=120)
+    return deployed
+
+
+@pytest.fixture(scope="module")
+def deployed(swarm: None, images: None) -> Iterator[Deployed]:
+    _remove_everything()
+    a_port, b_port = free_loopback_port(), free_loopback_port()
     try:
-        async with (
-            aiohttp.ClientSession(connector=connector) as engine,
-            aiohttp.ClientSession() as s,
-        ):
-            await _wait_rep(s, f"http://127.0.0.1:{a_port}", 3, timeout=120)
-            # Another node's balancer, made from the stack's own service spec: same image,
-            # environment, mounts and network; another host port.
-            spec = (await _engine(engine, "GET", f"/services/{deployed.a}"))["Spec"]
-            spec["Name"] = deployed.b
-            spec["EndpointSpec"]["Ports"][0]["PublishedPort"] = b_port
-            spec["Labels"]["com.docker.stack.image"] = spec["Labels"].get(
-                "com.docker.stack.image", "lbproxy-lb:latest"
-            )
-            await _engine(engine, "POST", "/services/create", spec)
-            await _wait_rep(s, f"http://127.0.0.1:{b_port}", 3, timeout=120)
-        yield deployed
+        yield asyncio.run(_deploy(a_port, b_port))
     finally:
-        for service in (deployed.a, deployed.b):
+        for service in (f"{STACK}_lb", f"{STACK}_lb2"):
             print(sh("docker", "service", "logs", "--tail", "40", service, check=False))
 
 
