@@ -15,8 +15,9 @@ async def steady_load(
     requests: int,
     concurrency: int,
     stop: asyncio.Event | None = None,
+    path: str = "/home",
 ) -> dict[str, int]:
-    """Send at most ``requests`` GET /home with random ids; count outcomes by kind."""
+    """Send at most ``requests`` GET ``path`` with random ids; count outcomes by kind."""
     outcomes: dict[str, int] = {}
     queue = iter(range(requests))
 
@@ -26,7 +27,7 @@ async def steady_load(
                 return
             try:
                 async with session.get(
-                    url + "/home",
+                    url + path,
                     headers={"X-Request-ID": str(random.randint(100000, 999999))},
                     timeout=aiohttp.ClientTimeout(total=10),
                 ) as resp:

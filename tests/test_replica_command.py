@@ -91,3 +91,17 @@ def test_replica_env_variable_holds_several(monkeypatch: pytest.MonkeyPatch) -> 
     # A flag beats the variable.
     config = config_from_args(build_parser().parse_args(["serve", "--replica-env", "C=3"]))
     assert config.replica_env == ("C=3",)
+
+
+def test_container_command_is_split_without_a_shell() -> None:
+    from lbproxy.backends.command import container_command
+
+    assert container_command(None, port=8000, name="S1", ring_id=1) == []
+    assert container_command(
+        "python -m http.server {port} --name {name}", port=8000, name="web 1", ring_id=2
+    ) == ["python", "-m", "http.server", "8000", "--name", "web 1"]
+    assert container_command("sh -c 'echo $PORT'", port=1, name="a", ring_id=1) == [
+        "sh",
+        "-c",
+        "echo $PORT",
+    ]

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 __all__ = [
     "PLACEHOLDERS",
+    "container_command",
     "parse_env_pair",
     "replica_env",
     "substitute",
@@ -59,6 +60,15 @@ def validate_template(template: str) -> str:
     if not words:
         raise ValueError(f"{template!r} is not a command")
     return template
+
+
+def container_command(template: str | None, *, port: int, name: str, ring_id: int) -> list[str]:
+    """The container's ``Cmd``: the template split like a shell would, without a shell (an
+    image need not have one); ``[]`` keeps the image's own command. Use
+    ``sh -c '...'`` in the template when you want shell expansion."""
+    if template is None:
+        return []
+    return shlex.split(substitute(template, port=port, name=name, ring_id=ring_id))
 
 
 def wrapper_script(command: str) -> str:

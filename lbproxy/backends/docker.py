@@ -25,7 +25,8 @@ from lbproxy.backends.base import (
     ReplicaHandle,
     validate_hostname,
 )
-from lbproxy.config import Config
+from lbproxy.backends.command import container_command, replica_env
+from lbproxy.config import Config, DockerConfig
 from lbproxy.errors import BackendError, Conflict, LbproxyError
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,13 @@ class DockerBackend:
             await self.docker.images.inspect(image)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
+                how = (
+                    "build it with `make images` (or `docker compose build`)"
+                    if image == DockerConfig().image
+                    else f"pull or build it first (docker pull {image})"
+                )
                 raise BackendError(
-                    f"replica image {image!r} is not on the Docker engine: build it with "
-                    "`make images` (or `docker compose build`)",
-                    status=503,
+                    f"replica image {image!r} is not on the Docker engine: {how}", status=503
                 ) from exc
             raise _engine_error(f"inspecting image {image!r}", exc) from exc
 
@@ -198,13 +202,24 @@ class DockerBackend:
                 log.warning("skipping container %s during adoption: %s", container.id[:12], exc)
         return handles
 
+    def _command(self, name: str, ring_id: int) -> dict[str, list[str]]:
+        port = self._docker_config.replica_port
+        cmd = container_command(self._config.replica_cmd, port=port, name=name, ring_id=ring_id)
+        return {"Cmd": cmd} if cmd else {}
+
+    def _env(self, name: str, ring_id: int) -> dict[str, str]:
+        port = self._docker_config.replica_port
+        return replica_env(port=port, name=name, ring_id=ring_id, extra=self._config.replica_env)
+
     def _container_config(self, name: str, ring_id: int) -> dict[str, Any]:
         dc = self._docker_config
         port = dc.replica_port
         return {
             "Image": dc.image,
+            # --replica-cmd (split, no shell); absent: the image's own command.
+            **self._command(name, ring_id),
             "Hostname": name,
-            "Env": [f"SERVER_ID={name}", f"PORT={port}"],
+            "Env": [f"{k}={v}" for k, v in self._env(name, ring_id).items()],
             "Labels": self._labels(name, ring_id),
             "ExposedPorts": {f"{port}/tcp": {}},
             # The balancer's own heartbeats decide health; the image's HEALTHCHECK would
