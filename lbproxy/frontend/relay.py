@@ -63,6 +63,8 @@ _SKIP_RESP = framing.HOP_BY_HOP | {_RID}
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 RESERVED_EXACT = frozenset({b"/rep", b"/add", b"/rm"})
 RESERVED_PREFIX = b"/lbproxy/"
+#: Clients the timeout sweep checks between two yields to the event loop.
+SWEEP_SLICE = 512
 #: Resends of a request whose pooled connection turned out closed (see _retry_stale).
 STALE_RETRIES = 2
 #: Request bodies up to this size are kept so the request can be replayed elsewhere.
@@ -182,8 +184,16 @@ class Frontend:
             if self.phases is not None:
                 self.phases.observe(LOOP_LAG, now - due)
             self.upstreams.expire(now, config.queue_timeout)
-            for client in list(self.clients):
-                client.check_timeouts(now, config)
+            # With 10,000 idle keep-alive clients one pass is several milliseconds of
+            # uninterrupted work: yield to the loop between slices so that established
+            # connections' reads are not held behind it (issue 14's idle point).
+            clients = list(self.clients)
+            for start in range(0, len(clients), SWEEP_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                    now = self.loop.time()
+                for client in clients[start : start + SWEEP_SLICE]:
+                    client.check_timeouts(now, config)
 
     async def drain(self, timeout: float) -> None:
         """Let in-flight exchanges finish (bounded), then close every client connection."""
