@@ -233,6 +233,7 @@ class Run:
     req_per_proxy_cpu_s: float | None = field(default=None)
     timeouts: int = 0  # requests wrk gave up on after its --timeout (2 s)
     idle_clients: int = 0  # idle keep-alive connections held during the run
+    idle_point: bool = False  # part of the idle point (kept out of the load-point tables)
     #: lbproxy only: deltas of its own counters and phase histograms over the run.
     lb_counters: dict[str, Any] | None = field(default=None)
 
@@ -539,7 +540,7 @@ def breakdown_table(runs: list[Run]) -> str:
                 if r.target == "lbproxy"
                 and r.connections == conns
                 and r.lb_counters
-                and not r.idle_clients
+                and not r.idle_point
             ),
             key=lambda r: r.p99_ms,
         )
@@ -713,7 +714,7 @@ def summarise(runs: list[Run], connections: int) -> dict[str, dict[str, Any]]:
         every = [
             r
             for r in runs
-            if r.target == name and r.connections == connections and not r.idle_clients
+            if r.target == name and r.connections == connections and not r.idle_point
         ]
         if not every:
             continue
@@ -1330,6 +1331,7 @@ def main() -> int:
                         base, loaded, info = idle_point(
                             procs, targets[name], replica_pids, cfg, round_no
                         )
+                        base.idle_point = loaded.idle_point = True
                         runs += [base, loaded]
                         idle_infos.append(info)
                         log_run(base)
