@@ -1,20 +1,15 @@
-"""Builds the control application: typed state, admin routes and the lifecycle of every part.
+"""Builds the control application: typed state and admin routes, no lifecycle of its own.
 
 The control app is an ordinary aiohttp application on a private unix socket; the public
-listener (frontend/relay.py) relays the reserved paths to it. Startup order is sessions, backend,
-pool (adopt + launch), health monitor, reconcile loop; aiohttp's cleanup_ctx unwinds in
-reverse, so the reconciler stops replacing before the replicas are stopped, and the
-replicas stop before the backend and sessions close.
+listener (frontend/relay.py) relays the reserved paths to it. Starting and stopping the
+parts (backend, pool, loops, listeners) is ``server.BalancerServer``'s one ordered
+sequence, not aiohttp's cleanup contexts: one owner of the order, one shutdown deadline.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -53,57 +48,6 @@ class Balancer:
 BALANCER = web.AppKey("balancer", Balancer)
 
 
-async def _close_sessions(app: web.Application) -> AsyncIterator[None]:
-    yield
-    await app[BALANCER].health_session.close()
-
-
-async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
-    balancer = app[BALANCER]
-    await balancer.backend.open(balancer.reconciler.on_death)
-    yield
-    await balancer.backend.close()
-
-
-async def _pool_ctx(app: web.Application) -> AsyncIterator[None]:
-    balancer = app[BALANCER]
-    try:
-        await balancer.reconciler.start(balancer.config.replicas)
-        log.info(
-            "pool ready: %d replicas on the %s ring",
-            len(balancer.pool),
-            balancer.pool.family.name,
-        )
-        yield
-    finally:
-        await balancer.reconciler.close()
-
-
-async def _run_task(name: str, runner: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
-    task = asyncio.create_task(runner, name=name)
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _health_ctx(app: web.Application) -> AsyncIterator[None]:
-    async for _ in _run_task("health", app[BALANCER].monitor.run()):
-        yield
-
-
-async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
-    async for _ in _run_task("reconcile", app[BALANCER].reconciler.run()):
-        yield
-
-
-async def _autoscale_ctx(app: web.Application) -> AsyncIterator[None]:
-    autoscaler = app[BALANCER].autoscaler
-    assert autoscaler is not None
-    async for _ in _run_task("autoscale", autoscaler.run()):
-        yield
-
-
 async def _unknown_endpoint(request: web.Request) -> web.Response:
     return web.json_response(
         failure_body(f"'{request.path}' is not an endpoint of the balancer"), status=404
@@ -139,7 +83,4 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     openapi.register(app)
     answer_wrong_methods(app)
     app.router.add_route("*", "/{tail:.*}", _unknown_endpoint)
-    app.cleanup_ctx.extend([_close_sessions, _backend_ctx, _pool_ctx, _health_ctx, _reconcile_ctx])
-    if balancer.autoscaler is not None:
-        app.cleanup_ctx.append(_autoscale_ctx)
     return app

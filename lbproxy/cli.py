@@ -362,6 +362,18 @@ def _add_serve(sub: Any) -> None:
         default=k.replica_port,
         help="the port a replica listens on inside its container (docker backend)",
     )
+    p.env_option(
+        "--resync-interval",
+        type=positive_float,
+        default=d.resync_interval,
+        help="seconds between resyncs: list what runs, remove orphans, replace the missing",
+    )
+    p.env_option(
+        "--shutdown-timeout",
+        type=positive_float,
+        default=d.shutdown_timeout,
+        help="bound on a graceful shutdown (below Compose's 30 s grace); then replicas are killed",
+    )
     p.env_option("--docker-image", default=k.image, help="replica image (docker backend)")
     p.env_option(
         "--docker-network",
@@ -476,6 +488,8 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         replica_env=tuple(
             args.replica_env if args.replica_env is not None else args.replica_env_default
         ),
+        resync_interval=args.resync_interval,
+        shutdown_timeout=args.shutdown_timeout,
         health=HealthConfig(
             interval=args.heartbeat_interval,
             timeout=args.heartbeat_timeout,

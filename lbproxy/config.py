@@ -183,6 +183,10 @@ class Config:
     replica_cmd: str | None = None
     #: Extra ``KEY=VALUE`` environment for every replica (``--replica-env``, repeatable).
     replica_env: tuple[str, ...] = ()
+    #: Seconds between resyncs (list what runs, converge on it); events trigger them too.
+    resync_interval: float = 10.0
+    #: Overall bound on a graceful shutdown; below Compose's 30 s grace before SIGKILL.
+    shutdown_timeout: float = 25.0
     #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".
     admin_token: str | None = None
     #: When set, the balancer's own endpoints listen here only (not on the public port).

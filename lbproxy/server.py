@@ -1,8 +1,18 @@
-"""Runs one balancer: the control app on a private unix socket, the public listener, shutdown.
+"""Runs one balancer: every part started and stopped in one ordered sequence.
 
-Like uvicorn's ``Server.serve``: ``start`` brings the parts up in order, ``serve`` waits for
-SIGTERM/SIGINT, ``stop`` unwinds: stop accepting, let in-flight requests finish (bounded),
-then clean the control app up, which stops the reconciler and every replica.
+Like uvicorn's ``Server``: ``start`` brings the parts up in order (backend, pool, health
+and reconcile loops, control app, public listener), ``serve`` waits for SIGTERM/SIGINT,
+``stop`` unwinds in reverse under one deadline (``shutdown_timeout``):
+
+1. the reconciler stops replacing and the autoscaler stops (a replica that dies during
+   the drain stays dead),
+2. the public listener stops accepting, in-flight requests finish (bounded),
+3. the background loops stop, every replica is drained and stopped,
+4. the control app, the backend and the health session close.
+
+The signal handlers stay installed until ``stop`` has finished: a second SIGTERM/SIGINT
+(uvicorn's "force exit") cuts the graceful part short and still runs the fast part,
+which kills and removes every replica (Docker containers included) and closes the rest.
 """
 
 from __future__ import annotations
@@ -34,16 +44,23 @@ class BalancerServer:
     def __init__(self, config: Config, backend: ReplicaBackend | None = None) -> None:
         self.config = config
         self._backend = backend
+        self._app: web.Application | None = None
+        self._backend_open = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._autoscale: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._sockdir: str | None = None
+        self._graceful: asyncio.Task[None] | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self.forced = False
         self.frontend: Frontend | None = None
         self.port = config.port
 
     @property
     def balancer(self) -> Balancer:
-        assert self._runner is not None
-        return self._runner.app[BALANCER]
+        assert self._app is not None
+        return self._app[BALANCER]
 
     @property
     def url(self) -> str:
@@ -51,11 +68,31 @@ class BalancerServer:
         scheme = "https" if self.config.tls_cert else "http"
         return f"{scheme}://{host}:{self.port}"
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop_task is not None
+
     async def start(self) -> None:
-        """Bring everything up; on any failure, undo what was started and re-raise."""
+        """Bring everything up in order; on any failure, undo what was started and re-raise."""
         try:
-            app = await create_app(self.config, self._backend)
-            # The pool (replicas included) comes up in runner.setup(), before we listen.
+            self._app = app = await create_app(self.config, self._backend)
+            balancer = self.balancer
+            await balancer.backend.open(balancer.reconciler.on_death)
+            self._backend_open = True
+            # Degraded boot: serves with the replicas that came up, retries the others.
+            await balancer.reconciler.start(self.config.replicas)
+            log.info(
+                "pool ready: %d of %d replicas on the %s ring",
+                len(balancer.pool.ring.names),
+                len(balancer.pool),
+                balancer.pool.family.name,
+            )
+            self._tasks = [
+                asyncio.create_task(balancer.monitor.run(), name="health"),
+                asyncio.create_task(balancer.reconciler.run(), name="reconcile"),
+            ]
+            if balancer.autoscaler is not None:
+                self._autoscale = asyncio.create_task(balancer.autoscaler.run(), name="autoscale")
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._runner.setup()
             self._sockdir = tempfile.mkdtemp(prefix="lbproxy-")
@@ -68,10 +105,10 @@ class BalancerServer:
                 await admin.start()
                 control_key = None
                 log.info("admin endpoints on %s", admin.name)
-            balancer = self.balancer
             self.frontend = Frontend(balancer.pool, self.config.proxy, control_key, balancer.stats)
             if balancer.autoscaler is not None and balancer.autoscaler.hold is not None:
                 self.frontend.on_empty = balancer.autoscaler.hold.offer  # scale from zero
+            balancer.reconciler.on_retired = self.frontend.upstreams.forget_key
             tls = None
             if self.config.tls_cert:
                 tls = server_context(self.config.tls_cert, self.config.tls_key)
@@ -104,35 +141,119 @@ class BalancerServer:
         )
 
     async def stop(self) -> None:
-        """Stop accepting, drain in-flight requests, then stop the replicas and the app."""
+        """Unwind everything ``start`` did, in reverse, within ``shutdown_timeout``.
+
+        Idempotent and safe to call concurrently: later callers wait for the first.
+        """
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stop_task)
+
+    def force(self) -> None:
+        """Cut a graceful stop short: skip the rest of the drain, kill the replicas now."""
+        if not self.forced:
+            self.forced = True
+            log.warning("forcing a fast stop: replicas are killed and removed now")
+        if self._graceful is not None:
+            self._graceful.cancel()
+
+    async def _graceful_part(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
-        if self._runner is not None:
+        if self._app is not None:
             # Dashboard streams never end by themselves; the drain must not wait on them.
-            dashboard.close_streams(self._runner.app)
+            dashboard.close_streams(self._app)
         if self.frontend is not None:
             await self.frontend.drain(self.config.stop_timeout)
+        await self._cancel_tasks()
+        if self._app is not None and self._backend_open:
+            await self.balancer.reconciler.close()
+
+    async def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _stop(self) -> None:
+        reconciler = self.balancer.reconciler if self._app is not None else None
+        if reconciler is not None:
+            reconciler.begin_shutdown()  # first: nothing is replaced during the drain
+        if self._autoscale is not None:  # nor scaled
+            self._autoscale.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._autoscale
+            self._autoscale = None
+        if not self.forced:
+            self._graceful = asyncio.create_task(self._graceful_part(), name="graceful-stop")
+            done, _ = await asyncio.wait({self._graceful}, timeout=self.config.shutdown_timeout)
+            if not done:
+                log.warning(
+                    "graceful shutdown exceeded --shutdown-timeout=%gs; stopping fast",
+                    self.config.shutdown_timeout,
+                )
+                self._graceful.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._graceful
+            elif not self._graceful.cancelled() and self._graceful.exception() is not None:
+                log.error("graceful shutdown failed", exc_info=self._graceful.exception())
+        # The fast part always runs: it finishes whatever the graceful part did not.
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        if self.frontend is not None:
+            await self.frontend.drain(0)
             self.frontend = None
+        await self._cancel_tasks()
+        if reconciler is not None and self._backend_open:
+            await reconciler.close(fast=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._app is not None:
+            if self._backend_open:
+                await self.balancer.backend.close()
+                self._backend_open = False
+            await self.balancer.health_session.close()
         if self._sockdir is not None:
             shutil.rmtree(self._sockdir, ignore_errors=True)
             self._sockdir = None
 
     async def serve(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        """Run until SIGTERM or SIGINT, then stop; a second signal forces a fast stop.
+
+        The handlers stay installed until the stop has finished, so a second Ctrl-C or
+        SIGTERM never kills the balancer half-way (Docker replicas left behind).
+        """
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        requested = asyncio.Event()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if not requested.is_set():
+                log.info("%s: shutting down: draining requests, stopping replicas", sig.name)
+                requested.set()
+            else:
+                log.warning("second %s during shutdown", sig.name)
+                self.force()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         try:
-            await self.start()
-            await stop.wait()
-            log.info("shutting down: draining requests, stopping replicas")
+            starting = asyncio.ensure_future(self.start())
+            waiting = asyncio.ensure_future(requested.wait())
+            await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()  # a signal during startup: unwind what came up
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting  # re-raises a startup failure
+            await waiting
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(Exception):
-                    loop.remove_signal_handler(sig)
-            await self.stop()
+            try:
+                await self.stop()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    with contextlib.suppress(Exception):
+                        loop.remove_signal_handler(sig)

@@ -6,10 +6,12 @@ over HTTP, the same check the monitor runs, so "ready" means the same thing ever
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from lbproxy.errors import BadRequest
 
@@ -29,13 +31,23 @@ class ReplicaHandle:
     ring_id: int = 0  # as recorded by the backend (container label); 0 when unknown
 
 
+#: ``BackendEvent.kind`` for a death; ``RESYNC`` asks the reconciler to list what runs.
+DIED = "died"
+RESYNC = "resync"
+
+
 @dataclass(frozen=True, slots=True)
 class BackendEvent:
-    """A replica incarnation stopped running (exited, was killed, its container died)."""
+    """A replica incarnation stopped running (exited, was killed, its container died).
+
+    ``kind`` RESYNC (name and id empty) says the backend may have missed deaths (its event
+    stream reconnected): the reconciler then lists what runs and converges on that list.
+    """
 
     name: str
     backend_id: str
     reason: str
+    kind: str = DIED
 
 
 #: Called by the backend from the event loop whenever a replica incarnation dies.
@@ -55,6 +67,40 @@ def validate_hostname(name: object) -> str:
             "from letters, digits, '_', '.', '-', starting with a letter or digit"
         )
     return name
+
+
+T = TypeVar("T")
+
+
+async def launch_or_undo(
+    work: Coroutine[Any, Any, T],
+    undo: Callable[[asyncio.Task[T]], Awaitable[None]],
+    pending: set[asyncio.Task[None]],
+) -> T:
+    """Run a launch to completion even if the caller is cancelled, then undo it.
+
+    Cancelling an engine call half-way does not cancel what the engine does (a container
+    create that the client gave up on still creates the container), so the launch itself
+    is shielded: a cancelled caller waits for the launch to settle and for ``undo`` to
+    remove whatever it made, then sees its ``CancelledError``. A second cancellation
+    during the undo leaves it running in ``pending``, which the backend's ``close`` awaits.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        cleanup = asyncio.ensure_future(undo(task))
+        pending.add(cleanup)
+        cleanup.add_done_callback(pending.discard)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(cleanup)
+        raise
+
+
+async def settle(pending: set[asyncio.Task[None]]) -> None:
+    """Wait for undo tasks ``launch_or_undo`` left running (a backend's close)."""
+    while pending:
+        await asyncio.gather(*list(pending), return_exceptions=True)
 
 
 class ReplicaBackend(Protocol):

@@ -14,15 +14,20 @@ import contextlib
 import json
 import logging
 import math
-from typing import Any
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
 
 from lbproxy.backends.base import (
+    RESYNC,
     BackendEvent,
     DeathCallback,
     ReplicaHandle,
+    launch_or_undo,
+    settle,
     validate_hostname,
 )
 from lbproxy.backends.command import container_command, replica_env
@@ -35,6 +40,9 @@ LABEL_POOL = "lbproxy.control.pool"
 LABEL_ROLE = "lbproxy.role"
 LABEL_REPLICA = "lbproxy.replica"
 LABEL_RING_ID = "lbproxy.ring-id"
+#: A token unique to one launch: a launch whose create call was cut off can still find
+#: (and remove) exactly the container it made, and nothing else.
+LABEL_LAUNCH = "lbproxy.launch"
 ROLE_REPLICA = "replica"
 
 _EVENT_RETRY = 1.0
@@ -51,6 +59,8 @@ def _engine_error(action: str, exc: Exception) -> LbproxyError:
 
 _ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError)
 
+T = TypeVar("T")
+
 
 class DockerBackend:
     """Creates, watches and removes this pool's replica containers."""
@@ -64,7 +74,7 @@ class DockerBackend:
         self._docker: aiodocker.Docker | None = None
         self._events_task: asyncio.Task[None] | None = None
         self._on_death: DeathCallback | None = None
-        self._known: dict[str, ReplicaHandle] = {}
+        self._undoing: set[asyncio.Task[None]] = set()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -74,12 +84,13 @@ class DockerBackend:
             raise BackendError("the Docker backend is not open", status=503)
         return self._docker
 
-    def _labels(self, name: str, ring_id: int) -> dict[str, str]:
+    def _labels(self, name: str, ring_id: int, token: str) -> dict[str, str]:
         return {
             LABEL_POOL: self._docker_config.pool,
             LABEL_ROLE: ROLE_REPLICA,
             LABEL_REPLICA: name,
             LABEL_RING_ID: str(ring_id),
+            LABEL_LAUNCH: token,
         }
 
     def _pool_filter(self) -> list[str]:
@@ -126,6 +137,8 @@ class DockerBackend:
         self._events_task = asyncio.create_task(self._watch_events(), name="docker-events")
 
     async def close(self) -> None:
+        if self._docker is not None:
+            await settle(self._undoing)  # cancelled launches still being removed
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -193,7 +206,6 @@ class DockerBackend:
                 if info["State"]["Running"]:
                     handle = self._handle_from(info)
                     handles.append(handle)
-                    self._known[handle.backend_id] = handle
                     log.info("adopted replica %r (%s)", handle.name, handle.backend_id[:12])
                 else:
                     await container.delete(force=True)
@@ -211,7 +223,7 @@ class DockerBackend:
         port = self._docker_config.replica_port
         return replica_env(port=port, name=name, ring_id=ring_id, extra=self._config.replica_env)
 
-    def _container_config(self, name: str, ring_id: int) -> dict[str, Any]:
+    def _container_config(self, name: str, ring_id: int, token: str) -> dict[str, Any]:
         dc = self._docker_config
         port = dc.replica_port
         return {
@@ -220,7 +232,7 @@ class DockerBackend:
             **self._command(name, ring_id),
             "Hostname": name,
             "Env": [f"{k}={v}" for k, v in self._env(name, ring_id).items()],
-            "Labels": self._labels(name, ring_id),
+            "Labels": self._labels(name, ring_id, token),
             "ExposedPorts": {f"{port}/tcp": {}},
             # The balancer's own heartbeats decide health; the image's HEALTHCHECK would
             # only add a process spawn every few seconds per replica.
@@ -254,48 +266,104 @@ class DockerBackend:
             )
         await info.delete(force=True)
 
+    async def _engine(self, step: str, call: Awaitable[T]) -> T:
+        """Every engine call of a launch passes here, named by ``step``.
+
+        A fault-injection test overrides it to cancel the launch while each real call is
+        in flight (tests/test_docker_launch.py).
+        """
+        return await call
+
     async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        """Create and start a container; a cancelled caller still gets it removed."""
+        token = uuid.uuid4().hex
+        return await launch_or_undo(
+            self._launch(name, ring_id, token),
+            lambda task: self._undo(task, name, token),
+            self._undoing,
+        )
+
+    async def _launch(self, name: str, ring_id: int, token: str) -> ReplicaHandle:
         container = None
         try:
-            await self._remove_stale(name)
-            container = await self.docker.containers.create(
-                self._container_config(name, ring_id), name=name
+            await self._engine("remove_stale", self._remove_stale(name))
+            container = await self._engine(
+                "create",
+                self.docker.containers.create(
+                    self._container_config(name, ring_id, token), name=name
+                ),
             )
-            await container.start()
-            handle = self._handle_from(await container.show())
-        except (*_ENGINE_ERRORS, BackendError) as exc:
-            if container is not None:  # never leak a half-created container
-                with contextlib.suppress(*_ENGINE_ERRORS):
-                    await container.delete(force=True)
-            if isinstance(exc, LbproxyError):
+            await self._engine("start", container.start())
+            handle = self._handle_from(await self._engine("show", container.show()))
+        except BaseException as exc:
+            # Never leak a half-made container, whatever cut the launch short.
+            await asyncio.shield(self._remove_launch(container, name, token))
+            if isinstance(exc, LbproxyError) or not isinstance(exc, _ENGINE_ERRORS):
                 raise
             raise _engine_error(f"starting replica container {name!r}", exc) from exc
-        self._known[handle.backend_id] = handle
         log.info("launched container %r (%s) at %s", name, handle.backend_id[:12], handle.url)
         return handle
+
+    async def _remove_launch(self, container: Any, name: str, token: str) -> None:
+        """Remove the container launch ``token`` made (by object, else by name and token)."""
+        with contextlib.suppress(*_ENGINE_ERRORS):
+            if container is None:
+                # The create call may have failed on our side after the engine made it.
+                found = await self.docker.containers.get(name)
+                labels = found["Config"]["Labels"] or {}
+                if labels.get(LABEL_LAUNCH) != token:
+                    return
+                container = found
+            await container.delete(force=True)
+
+    async def _undo(self, task: asyncio.Task[ReplicaHandle], name: str, token: str) -> None:
+        """A cancelled caller's launch: let it settle, then remove what it made."""
+        try:
+            handle = await task
+        except BaseException:
+            return  # _launch removed its own leftovers
+        with contextlib.suppress(*_ENGINE_ERRORS, BackendError):
+            await self.stop(handle, timeout=0.0)
+        log.info("removed container %r of a cancelled launch", name)
 
     async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
         container = self.docker.containers.container(handle.backend_id)
         try:
-            with contextlib.suppress(aiodocker.DockerError):
-                await container.stop(t=max(0, math.ceil(timeout)))
+            if timeout > 0:  # else a fast stop: force-remove kills at once
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.stop(t=max(0, math.ceil(timeout)))
             await container.delete(force=True)
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise _engine_error(f"removing replica container {handle.name!r}", exc) from exc
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"removing replica container {handle.name!r}", exc) from exc
-        finally:
-            self._known.pop(handle.backend_id, None)
 
     async def list(self) -> list[ReplicaHandle]:
+        """This pool's running containers (one that vanishes while listed is skipped)."""
         try:
             containers = await self.docker.containers.list(
                 filters=json.dumps({"label": self._pool_filter()})
             )
-            return [self._handle_from(await c.show()) for c in containers]
         except _ENGINE_ERRORS as exc:
             raise _engine_error("listing this pool's containers", exc) from exc
+        handles: list[ReplicaHandle] = []
+        for container in containers:
+            info: dict[str, Any] = {}
+            try:
+                info = await container.show()
+                if info["State"]["Running"]:
+                    handles.append(self._handle_from(info))
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise _engine_error("inspecting this pool's containers", exc) from exc
+            except BackendError as exc:  # running but not on our network: still ours
+                log.warning("container %s: %s", container.id[:12], exc)
+                labels = info["Config"]["Labels"] or {}
+                handles.append(ReplicaHandle(labels.get(LABEL_REPLICA, ""), "", container.id, 0))
+            except _ENGINE_ERRORS as exc:
+                raise _engine_error("inspecting this pool's containers", exc) from exc
+        return handles
 
     # -- death events ------------------------------------------------------------------------
 
@@ -306,6 +374,10 @@ class DockerBackend:
         )
         while True:
             subscriber = self.docker.events.subscribe(filters=filters)  # type: ignore[no-untyped-call]
+            # Deaths while no stream was open (before this one, or in the gap after a
+            # dropped one) were never reported: the reconciler lists what runs instead.
+            if self._on_death is not None:
+                self._on_death(BackendEvent("", "", "Docker event stream (re)opened", RESYNC))
             try:
                 while True:
                     event = await subscriber.get()

@@ -19,7 +19,13 @@ import socket
 import sys
 from collections import deque
 
-from lbproxy.backends.base import BackendEvent, DeathCallback, ReplicaHandle
+from lbproxy.backends.base import (
+    BackendEvent,
+    DeathCallback,
+    ReplicaHandle,
+    launch_or_undo,
+    settle,
+)
 from lbproxy.backends.command import replica_env, substitute, wrapper_script
 from lbproxy.config import Config
 from lbproxy.errors import BackendError, BadRequest
@@ -74,6 +80,7 @@ class ProcessBackend:
         self._procs: dict[str, tuple[ReplicaHandle, asyncio.subprocess.Process]] = {}
         self._watchers: set[asyncio.Task[None]] = set()
         self._on_death: DeathCallback | None = None
+        self._undoing: set[asyncio.Task[None]] = set()
 
     def validate_name(self, name: object) -> str:
         if not isinstance(name, str):
@@ -90,6 +97,7 @@ class ProcessBackend:
         self._on_death = on_death
 
     async def close(self) -> None:
+        await settle(self._undoing)
         for task in list(self._watchers):
             task.cancel()
         for task in list(self._watchers):
@@ -108,6 +116,17 @@ class ProcessBackend:
         return []
 
     async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
+        """Spawn the child; a caller cancelled mid-spawn still gets the child stopped."""
+        return await launch_or_undo(self._spawn(name, ring_id), self._undo, self._undoing)
+
+    async def _undo(self, spawn: asyncio.Task[ReplicaHandle]) -> None:
+        try:
+            handle = await spawn
+        except Exception:
+            return  # nothing was started
+        await self.stop(handle, timeout=0.0)
+
+    async def _spawn(self, name: str, ring_id: int) -> ReplicaHandle:
         port = free_loopback_port()
         env = dict(os.environ)
         env.update(
@@ -160,6 +179,10 @@ class ProcessBackend:
         if entry is None:
             return
         proc = entry[1]
+        if timeout <= 0:  # a fast stop (cancelled launch, forced shutdown): no grace
+            _signal_group(proc, signal.SIGKILL)
+            await proc.wait()
+            return
         _signal_group(proc, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), timeout)

@@ -411,6 +411,15 @@ class UpstreamPool:
             for conn in idle:
                 conn.close()
 
+    def forget_key(self, key: str) -> None:
+        """``key``'s replica is gone for good: drop its idle connections and its entry.
+
+        Called by the reconciler when an incarnation stops; every process replacement has a
+        new port, so without this the per-address maps grow by one key per replacement.
+        """
+        self.close_idle(key)
+        self._addr.pop(key, None)
+
     def close_all(self) -> None:
         self.close_idle()
         for conn in list(self._open):
