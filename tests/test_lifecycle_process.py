@@ -19,7 +19,7 @@ import pytest
 from lbproxy.backends.base import BackendEvent
 from lbproxy.backends.process import ProcessBackend, free_loopback_port
 from lbproxy.config import Config
-from lbproxy.launcher import clean_env, pid_alive, serve_command, wait_http
+from lbproxy_tools.launcher import clean_env, pid_alive, serve_command, wait_http
 
 pytestmark = pytest.mark.process
 
