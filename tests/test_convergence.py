@@ -246,6 +246,7 @@ async def test_stopped_incarnations_leave_no_trace() -> None:
         assert len(reconciler._live) == len(pool) == 3
         live_urls = {r.url for r in pool.replicas()}
         assert set(upstreams._addr) - live_urls <= {server.frontend.control_key}
+        assert set(upstreams._hosts) - live_urls <= {server.frontend.control_key}
     finally:
         await server.stop()
 

@@ -418,6 +418,9 @@ class UpstreamPool:
         new port, so without this the per-address maps grow by one key per replacement.
         """
         self.close_idle(key)
+        host = self._hosts.get(key)
+        if host is not None and host.open == 0 and not host.waiters:
+            del self._hosts[key]  # else in use still: a request may yet be answered
         self._addr.pop(key, None)
 
     def close_all(self) -> None:
