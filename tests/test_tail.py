@@ -150,24 +150,19 @@ class GatedBackend(InProcessBackend):
     def __init__(self) -> None:
         super().__init__()
         self.gated: dict[str, GatedReplica] = {}
-        self.handles: dict[str, ReplicaHandle] = {}
 
     async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
         replica = GatedReplica(name)
         self.gated[name] = replica
-        handle = ReplicaHandle(name, f"http://127.0.0.1:{replica.port}", f"g{name}", ring_id)
-        self.handles[name] = handle
-        return handle
+        return ReplicaHandle(name, f"http://127.0.0.1:{replica.port}", f"g{name}", ring_id)
 
     async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
         replica = self.gated.pop(handle.name, None)
-        self.handles.pop(handle.name, None)
         if replica is not None:
             await replica.close()
 
     async def list(self) -> list[ReplicaHandle]:
-        # What runs: the reconciler's resync replaces members the list does not show.
-        return list(self.handles.values())
+        return []
 
     async def close(self) -> None:
         for replica in list(self.gated.values()):

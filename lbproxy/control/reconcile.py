@@ -25,7 +25,7 @@ import aiohttp
 
 from lbproxy.backends.base import RESYNC, BackendEvent, ReplicaBackend, ReplicaHandle
 from lbproxy.config import MAX_POOL_SIZE, Config
-from lbproxy.control.health import wait_ready
+from lbproxy.control.health import probe, wait_ready
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
 
@@ -438,7 +438,8 @@ class Reconciler:
         """List what runs and converge on it; safe beside launches, stops and events.
 
         A member whose current incarnation is not in the list (and has no launch in
-        flight) died unseen (a gap in the event stream): it goes DOWN and is replaced once.
+        flight) and does not answer one heartbeat died unseen (a gap in the event stream):
+        it goes DOWN and is replaced once.
         A listed replica that no member's current incarnation is, that no launch in flight
         may still claim and that nobody is stopping already is an orphan (a crashed
         launch, a removed name an earlier balancer left): it is removed.
@@ -456,23 +457,6 @@ class Reconciler:
         if self._closing:
             return
         self.resyncs += 1
-        running_ids = {h.backend_id for h in running}
-        for replica in self._pool.replicas():
-            incarnation = replica.incarnation
-            if (
-                incarnation is None
-                or before.get(replica.name) is not incarnation
-                or incarnation.backend_id in running_ids
-                or self._launching[replica.name]
-                or replica.state not in (ReplicaState.UP, ReplicaState.EJECTED)
-            ):
-                continue
-            incarnation.dead = True
-            reason = "no longer running (found by resync)"
-            self._pool.events.emit("died", replica.name, reason)
-            log.warning("replica %r %s; replacing it", replica.name, reason)
-            self._pool.mark_down(replica, reason)
-            self._wake.set()
         orphans: list[ReplicaHandle] = []
         for handle in running:
             member = self._pool.get(handle.name)
@@ -497,6 +481,40 @@ class Reconciler:
             self._pool.events.emit("stopped", handle.name, f"orphan {handle.backend_id[:12]}")
         self.orphans_removed += len(orphans)
         await asyncio.gather(*(self._stop_handle(h, timeout=0.0) for h in orphans))
+        running_ids = {h.backend_id for h in running}
+        suspects = [
+            (replica, incarnation)
+            for replica in self._pool.replicas()
+            if (incarnation := replica.incarnation) is not None
+            and before.get(replica.name) is incarnation
+            and incarnation.backend_id not in running_ids
+            and not self._launching[replica.name]
+            and replica.state in (ReplicaState.UP, ReplicaState.EJECTED)
+        ]
+        if not suspects:
+            return
+        # One heartbeat confirms before anything is replaced: a list that lags behind
+        # (an eventually consistent orchestrator, a backend that cannot list) must not
+        # cost a healthy replica. What is gone does not answer.
+        answers = await asyncio.gather(
+            *(probe(self._session, inc.url, self._config.health.timeout) for _, inc in suspects)
+        )
+        for (replica, incarnation), answered in zip(suspects, answers, strict=True):
+            if (
+                self._closing
+                or not self._pool.is_current(replica, incarnation)
+                or replica.state not in (ReplicaState.UP, ReplicaState.EJECTED)
+            ):
+                continue
+            if answered:
+                log.debug("resync: %r is not listed but answers its heartbeat", replica.name)
+                continue
+            incarnation.dead = True
+            reason = "no longer running (found by resync)"
+            self._pool.events.emit("died", replica.name, reason)
+            log.warning("replica %r %s; replacing it", replica.name, reason)
+            self._pool.mark_down(replica, reason)
+            self._wake.set()
 
     async def _resync_safely(self) -> None:
         try:
