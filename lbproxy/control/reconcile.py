@@ -74,7 +74,7 @@ class Reconciler:
         self._attempts: dict[str, int] = {}
         self._launching: Counter[str] = Counter()  # names with a launch in flight
         self._live: dict[str, ReplicaHandle] = {}  # every incarnation not yet stopped, by id
-        self._stopping: set[str] = set()  # ids being stopped on purpose (not orphans)
+        self._stopping_ids: set[str] = set()  # ids being stopped on purpose (not orphans)
         self._resync_wanted = True  # on start
         self._resync_task: asyncio.Task[None] | None = None
         self._admin_task: asyncio.Task[object] | None = None
@@ -172,7 +172,7 @@ class Reconciler:
 
     async def _stop_handle(self, handle: ReplicaHandle, *, timeout: float) -> None:
         """Stop one incarnation; it stays in ``_live`` until the backend confirmed the stop."""
-        self._stopping.add(handle.backend_id)
+        self._stopping_ids.add(handle.backend_id)
         try:
             await self._backend.stop(handle, timeout=timeout)
         except Exception:
@@ -182,7 +182,7 @@ class Reconciler:
             if self.on_retired is not None and handle.url:
                 self.on_retired(handle.url)
         finally:
-            self._stopping.discard(handle.backend_id)
+            self._stopping_ids.discard(handle.backend_id)
             self._dead.pop(handle.backend_id, None)
 
     # -- startup --------------------------------------------------------------------------
@@ -362,7 +362,7 @@ class Reconciler:
                     self._attempts.pop(replica.name, None)
                     handle = replica.handle
                     if handle is not None and handle.backend_id in self._live:
-                        self._stopping.add(handle.backend_id)  # no orphan for a resync
+                        self._stopping_ids.add(handle.backend_id)  # no orphan for a resync
                     self._pool.events.emit("removed", replica.name)
                 await asyncio.gather(*(self._drain_and_stop(r) for r in chosen))
             finally:
@@ -373,7 +373,7 @@ class Reconciler:
         handle = replica.handle
         if handle is None or handle.backend_id not in self._live:
             return
-        self._stopping.add(handle.backend_id)
+        self._stopping_ids.add(handle.backend_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (0.0 if fast else self._config.stop_timeout)
         while replica.in_flight > 0 and loop.time() < deadline:
@@ -461,7 +461,7 @@ class Reconciler:
         for handle in running:
             member = self._pool.get(handle.name)
             if (
-                handle.backend_id in self._stopping
+                handle.backend_id in self._stopping_ids
                 or self._launching[handle.name]
                 or (
                     member is not None
@@ -471,7 +471,7 @@ class Reconciler:
             ):
                 continue
             orphans.append(handle)
-            self._stopping.add(handle.backend_id)
+            self._stopping_ids.add(handle.backend_id)
         for handle in orphans:
             log.warning(
                 "resync: removing orphan replica %r (%s): no member of the pool owns it",

@@ -423,8 +423,10 @@ class SwarmReconciler(Reconciler):
             except LbproxyError as exc:
                 log.warning("listing the swarm failed: %s", exc.message)
 
-    async def close(self) -> None:
-        """Stop following the engine; the replica services stay (others use them)."""
+    async def close(self, *, fast: bool = False) -> None:
+        """Stop following the engine; the replica services stay (others use them).
+
+        ``fast`` (a forced shutdown) changes nothing here: nothing is stopped either way."""
         self._stopping = True
         tasks = [*self._probes.values(), *self._forcing.values()]
         for task in tasks:
