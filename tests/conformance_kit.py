@@ -208,7 +208,7 @@ class ScriptedUpstream:
         self.scripts = scripts
         self.early = early
         self.seen: list[Seen] = []
-        self.raw = b""
+        self.raw = bytearray()  # appended in place: += on bytes is quadratic
         self.conns: set[_UpstreamConn] = set()
         self.connections = 0
         self.parse_errors = 0

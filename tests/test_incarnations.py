@@ -109,9 +109,11 @@ async def test_death_of_an_old_incarnation_is_dropped(lb: BalancerUnderTest) -> 
     first = member.incarnation.backend_id
     await lb.backend.crash("Server 2")
     await wait_for(
-        lambda: member.state is ReplicaState.UP
-        and member.incarnation is not None
-        and member.incarnation.backend_id != first
+        lambda: (
+            member.state is ReplicaState.UP
+            and member.incarnation is not None
+            and member.incarnation.backend_id != first
+        )
     )
     launched = len(lb.backend.launched)
     lb.balancer.reconciler.on_death(BackendEvent("Server 2", first, "late duplicate (test)"))

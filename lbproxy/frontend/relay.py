@@ -387,7 +387,10 @@ class Exchange:
         append(b"X-Request-ID: ")
         append(rid)
         append(b"\r\n")
-        lines += forwarded.lines(client.peer_ip, self.front.scheme, self.host, received)
+        if received:
+            lines += forwarded.lines(client.peer_ip, self.front.scheme, self.host, received)
+        else:
+            append(client.forwarded_block(self.host))
         if self.chunked_in:
             append(framing.chunked_field(self.te_codings))
         append(b"\r\n")
@@ -704,7 +707,7 @@ class Exchange:
                 continue
             if lname == b"content-length":
                 has_length = True
-                if not framing.keep_framing_field(lname, status):
+                if status == 204:  # framing.keep_framing_field: never in a 204
                     continue
             append(name)
             append(b": ")
@@ -713,11 +716,18 @@ class Exchange:
         append(b"X-Request-ID: ")
         append(self.request_id)
         append(b"\r\n")
-        out = self.resp_out = framing.response_framing(
-            method, status, has_length and not codings, self.http11
-        )
-        # A body neither length-framed nor chunked (nor absent) ends when the replica closes.
-        self.resp_eof = out is not Out.NONE and not has_length and not framing.is_chunked(codings)
+        if has_length and not codings and status not in (204, 304) and method != b"HEAD":
+            # the common answer, decided without a call (framing.response_framing agrees)
+            out = self.resp_out = Out.LENGTH
+            self.resp_eof = False
+        else:
+            out = self.resp_out = framing.response_framing(
+                method, status, has_length and not codings, self.http11
+            )
+            # A body neither length-framed nor chunked (nor absent) ends at the close.
+            self.resp_eof = (
+                out is not Out.NONE and not has_length and not framing.is_chunked(codings)
+            )
         if out is Out.CHUNKED:
             append(framing.chunked_field(codings))
         elif out is Out.CLOSE:
@@ -1017,6 +1027,8 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: tuple[int, str] | None = None
         self.peer_ip = ""
         self.trusted = False
+        self.fwd_host = b""
+        self.fwd_block = b""
         #: Set once the connection is a tunnel (frontend/tunnel.py): raw bytes, no HTTP.
         self.tunnel: Callable[[bytes], None] | None = None
 
@@ -1221,6 +1233,14 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def forwarded_block(self, host: bytes) -> bytes:
+        """This connection's forwarded fields for ``host``, built once per Host value (a
+        keep-alive client sends the same one every time)."""
+        if host != self.fwd_host or not self.fwd_block:
+            self.fwd_host = host
+            self.fwd_block = b"".join(forwarded.lines(self.peer_ip, self.front.scheme, host))
+        return self.fwd_block
 
     def pause(self, reason: int) -> None:
         was = self.paused
