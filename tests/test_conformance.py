@@ -484,3 +484,37 @@ async def test_reason_phrases_are_the_standard_ones() -> None:
         c = await r.client()
         resp = await c.request(get("/ok", "b", method="BREW"))
         assert resp.status == 501 and resp.reason == b"Not Implemented"
+
+
+# -- smuggling shapes the parser (llhttp, strict) already rejects: pinned so they stay so ----
+
+SMUGGLING = {
+    "cl-and-te": b"POST /ok HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two-cl": b"POST /ok HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 5\r\n"
+    b"\r\nabcde",
+    "cl-plus-sign": b"POST /ok HTTP/1.1\r\nHost: h\r\nContent-Length: +3\r\n\r\nabc",
+    "te-not-last-chunked": b"POST /ok HTTP/1.1\r\nHost: h\r\n"
+    b"Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    "te-xchunked": b"POST /ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "space-before-colon": b"POST /ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    "obs-fold": b"GET /ok HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  folded\r\n\r\n",
+    "bare-lf-chunk": b"POST /ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"3\nabc\n0\n\n",
+    "chunk-size-overflow": b"POST /ok HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"ffffffffffffffffff1\r\nabc\r\n0\r\n\r\n",
+    "nul-in-header": b"GET /ok HTTP/1.1\r\nHost: h\r\nX-A: a\x00b\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("raw", list(SMUGGLING.values()), ids=list(SMUGGLING))
+async def test_smuggling_shapes_are_400_and_reach_no_replica(raw: bytes) -> None:
+    async with rig() as r:
+        c = await r.client()
+        c.send(raw + SMUGGLED)
+        _, resp = await c.read_response()
+        assert resp.status == 400
+        assert all(s.path != b"/s/smuggled" for s in r.upstream.requests())
+        await r.next_client_is_served()
+        assert all(s.path != b"/s/smuggled" for s in r.upstream.requests())
