@@ -40,7 +40,7 @@ def _families(text: str) -> list[str]:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "analyze",
-        help="run SPEC Task 4 (A-1..A-4) on real balancers; write charts and report.md",
+        help="run the assignment's Task 4 (A-1..A-4) on real balancers; write charts and report.md",
         description=(
             "Measure request distribution (A-1, A-2), every endpoint and recovery from a "
             "killed replica (A-3), and other hash functions (A-4) on real balancers over "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lbproxy.ring import make_family
-from lbproxy.ring.seed import ALT_PHI_COEFFS, SeedRing, spec_h, spec_phi
+from lbproxy.ring.seed import ALT_PHI_COEFFS, SeedFamily, SeedRing, spec_h, spec_phi
 
 SEED_FAMILIES = ("seed", "seed-alt")
 
@@ -69,3 +69,71 @@ def h_residues(slots: int = 512, start: int = 100000) -> int:
 def alt_formula() -> str:
     a, b, c = ALT_PHI_COEFFS
     return f"Phi'(i, j) = ({a}*i + {b}*j + {c}) mod 512"
+
+
+#: The assignment's ring variants compared by ``variant_table``: both texts' (H, Phi)
+#: pairs and ``seed-alt``, each with quadratic and linear probing.
+VARIANTS = tuple(
+    (family, probe)
+    for family in ("seed", "seed-2024", "seed-alt")
+    for probe in ("quadratic", "linear")
+)
+
+
+@dataclass(frozen=True)
+class VariantRow:
+    family: str
+    probe: str
+    #: N -> (max/mean of per-replica request counts, busiest replica's fraction)
+    spread: dict[int, tuple[float, float]]
+    h_slots: int  # distinct slots H reaches (512 when H is a bijection mod 512)
+    capacity: int  # largest N whose virtual nodes all find a slot
+
+
+def variant_table(
+    ns: tuple[int, ...] = (2, 3, 4, 5, 6, 10, 20, 39), requests: int = 10000, seed: int = 42
+) -> list[VariantRow]:
+    """Route ``requests`` random 6-digit ids (``lbproxy loadtest``'s, same seed) through
+    each variant's ring at each N (39: the largest N every variant can hold).
+
+    A derivation, not a measurement over HTTP: it is the same ring lookup the balancer
+    makes (``--hash F --probe P``), so a balancer given the same ids answers the same
+    counts; the A-1/A-2 measurements above check that for ``seed`` and ``seed-alt``.
+    """
+    from lbproxy.errors import RingFullError
+    from lbproxy_tools.loadtest import make_ids
+
+    ids = make_ids("random", requests, seed)
+    rows = []
+    for family, probe in VARIANTS:
+        fam = make_family(family, probe=probe)
+        spread: dict[int, tuple[float, float]] = {}
+        for n in ns:
+            ring = fam.build({f"S{k}": k for k in range(1, n + 1)})
+            counts: dict[str, int] = dict.fromkeys(ring.names, 0)
+            for key in ids:
+                counts[ring.lookup(key)] += 1
+            busiest = max(counts.values())
+            spread[n] = (busiest / (requests / n), busiest / requests)
+        capacity = 0
+        while True:
+            try:
+                fam.build({f"S{k}": k for k in range(1, capacity + 2)})
+            except RingFullError:
+                break
+            capacity += 1
+        assert isinstance(fam, SeedFamily)
+        h_slots = len({fam.h(i) % fam.slots for i in range(fam.slots)})
+        rows.append(VariantRow(family, probe, spread, h_slots, capacity))
+    return rows
+
+
+def variant_markdown(rows: list[VariantRow]) -> str:
+    """``variant_table`` as a Markdown table: busiest / mean (busiest's share) per N."""
+    ns = sorted(rows[0].spread)
+    head = "| family | probe | H reaches | fits up to N | " + " | ".join(f"N={n}" for n in ns)
+    lines = [head + " |", "|---|---|---:|---:|" + "---:|" * len(ns)]
+    for r in rows:
+        cells = " | ".join(f"{r.spread[n][0]:.2f} ({r.spread[n][1]:.0%})" for n in ns)
+        lines.append(f"| `{r.family}` | {r.probe} | {r.h_slots} slots | {r.capacity} | {cells} |")
+    return "\n".join(lines)

@@ -590,7 +590,43 @@ def _why_seed(analysis: Analysis, made: dict[str, Path]) -> list[str]:
             "is the randomness of the ids."
         )
     L.append(fix + "\n")
+    L.extend(_variants(analysis))
     return L
+
+
+def _variants(analysis: Analysis) -> list[str]:
+    """The assignment's two texts and both probings, derived from the rings (issue 11)."""
+    opts = analysis.options
+    rows = geometry.variant_table(requests=opts.requests, seed=opts.seed)
+    by = {(r.family, r.probe): r for r in rows}
+    seed_q, seed_l = by[("seed", "quadratic")], by[("seed", "linear")]
+    y_q, y_l = by[("seed-2024", "quadratic")], by[("seed-2024", "linear")]
+    return [
+        "### The assignment's variants: the 2024 text and linear probing\n",
+        "The assignment's 2024 text uses `H(i) = i^2 + 2i + 17` and "
+        "`Phi(i, j) = i^2 + j^2 + 2j + 25` (`--hash seed-2024`), and either text can probe "
+        "linearly (`--probe linear`: slot + 1, + 2, + 3, ...) instead of quadratically. The "
+        "table routes the same random ids through each variant's ring, the lookup a balancer "
+        "started with `--hash F --probe P` makes (derived, not measured over HTTP: the "
+        "measured `seed` and `seed-alt` rows above agree with it). Each cell is the busiest "
+        "replica's count over the mean, with its share of all requests.\n",
+        geometry.variant_markdown(rows) + "\n",
+        "Reproduce the table alone: `python -c 'from lbproxy_tools.analysis import geometry "
+        "as g; print(g.variant_markdown(g.variant_table()))'`.\n",
+        f"`seed-2024` is less skewed than `seed` at small N (busiest "
+        f"{y_q.spread[3][0]:.2f}x the mean at N = 3, against {seed_q.spread[3][0]:.2f}x): "
+        f"shifting by `i^2` (1, 4, 9, ...) instead of `i` spaces the replicas' nodes a little "
+        f"further apart. It fails for the same reason, though: its `Phi` also puts every "
+        f"replica on one comb (`j^2 + 2j`). Its `H = (i + 1)^2 + 16` adds a second fault: it "
+        f"reaches only {y_q.h_slots} of the 512 slots, so an arc that holds none of them "
+        f"receives no request at all. Probing only matters once virtual nodes collide: at N <= 10 "
+        f"the two probings place almost every node alike; at N = 20 linear probing makes "
+        f"`seed` worse ({seed_l.spread[20][0]:.2f}x against {seed_q.spread[20][0]:.2f}x), "
+        f"because colliding nodes pile up next to each other, while quadratic probing "
+        f"reaches only 87 offsets and so fills up earlier: `seed-2024` with quadratic "
+        f"probing holds at most {y_q.capacity} replicas, with linear probing "
+        f"{y_l.capacity}.\n",
+    ]
 
 
 def write(analysis: Analysis, out: Path) -> Path:
