@@ -344,3 +344,19 @@ async def test_an_open_websocket_does_not_hold_the_replicas_connection_slot(
             assert r.status == 200
         await ws.send_str("still here")
         assert (await ws.receive_str()) == "still here"
+
+
+@pytest.mark.lbconfig(proxy=ProxyConfig(upstream_idle_timeout=0.05))
+async def test_a_removed_replicas_pool_state_is_dropped(lb: BalancerUnderTest) -> None:
+    """Replacements come back on new ports: per-address state must not pile up."""
+    front_pool = lb.balancer.pool
+    owner = front_pool.owner("135791")
+    url = owner.url
+    async with lb.client.get(lb.url + "/home", headers={"X-Request-ID": "135791"}) as r:
+        assert r.status == 200
+    async with lb.client.delete(lb.url + "/rm", json={"n": 1, "hostnames": [owner.name]}) as r:
+        assert r.status == 200
+    server = lb.balancer  # the frontend's pool is reached through the stats it shares
+    upstreams = server.stats.upstreams
+    assert upstreams is not None
+    await wait_for(lambda: not upstreams.known(url))

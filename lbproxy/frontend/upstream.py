@@ -208,7 +208,16 @@ class Waiter(Protocol):
 class Host:
     """Per-address state: idle connections (LIFO), the slot count, the FIFO queue."""
 
-    __slots__ = ("answered", "idle", "key", "open", "queued_total", "timeouts", "waiters")
+    __slots__ = (
+        "answered",
+        "idle",
+        "key",
+        "live",
+        "open",
+        "queued_total",
+        "timeouts",
+        "waiters",
+    )
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -221,6 +230,8 @@ class Host:
         self.answered = 0
         self.queued_total = 0
         self.timeouts = 0
+        #: Connections established and not yet forgotten, counted against the cap or not.
+        self.live = 0
 
 
 class UpstreamPool:
@@ -312,8 +323,10 @@ class UpstreamPool:
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
-        self._open.discard(conn)
         host = conn.host
+        if conn in self._open:
+            self._open.discard(conn)
+            host.live -= 1
         idle = host.idle
         if idle and conn in idle:
             idle.remove(conn)
@@ -346,7 +359,11 @@ class UpstreamPool:
         """Periodic: answer waiters past the queue timeout (the oldest are at the front)
         and close idle connections past the idle timeout (the oldest are at the bottom of
         each LIFO list)."""
-        for host in self._hosts.values():
+        empty = []
+        for key, host in self._hosts.items():
+            if host.live <= 0 and host.open <= 0 and not host.idle and not host.waiters:
+                empty.append(key)  # a replica that left (or was replaced on a new port)
+                continue
             waiters = host.waiters
             while waiters and (waiters[0].dead or now - waiters[0].queued_at > queue_timeout):
                 waiter = waiters.popleft()
@@ -360,6 +377,13 @@ class UpstreamPool:
                     conn = idle.pop(0)
                     self.expired += 1
                     conn.close()
+        for key in empty:
+            del self._hosts[key]
+            self._addr.pop(key, None)
+
+    def known(self, key: str) -> bool:
+        """Whether the pool still keeps state for ``key`` (dropped once nothing uses it)."""
+        return key in self._hosts
 
     def waiting(self) -> int:
         return sum(len(h.waiters) for h in self._hosts.values())
@@ -392,7 +416,9 @@ class UpstreamPool:
             coro = loop.create_connection(factory, addr[0], addr[1])
         async with asyncio.timeout(timeout):
             _, conn = await coro
-        self._open.add(conn)
+        if not conn.closed:
+            self._open.add(conn)
+            conn.host.live += 1
         self.opened += 1
         if counted:
             if conn.closed:  # lost before we got here: its slot is free again
