@@ -27,6 +27,56 @@ from lbproxy.server import BalancerServer
 from lbproxy_tools.launcher import free_loopback_port
 from server_app import create_app as create_replica_app
 
+#: The tiers, in the order ``make test`` runs them (scripts/test-tiers.sh). Every test
+#: declares one of the first four (``pytestmark = pytest.mark.unit`` ...); a test that also
+#: carries ``slow`` runs in the last tier, whatever its base tier.
+TIERS = ("unit", "inprocess", "process", "docker", "slow")
+BASE_TIERS = TIERS[:4]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--tier",
+        choices=TIERS,
+        help="run only this tier's tests (make test runs the tiers in order)",
+    )
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    """``slow`` when marked so, else the closest of unit/inprocess/process/docker."""
+    if item.get_closest_marker("slow") is not None:
+        return "slow"
+    return next((m.name for m in item.iter_markers() if m.name in BASE_TIERS), None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test without a tier (before ``-m`` deselects anything), then pick ``--tier``.
+
+    A test without a tier would silently run in no tier of ``make test``; failing the
+    collection makes every new file say where it belongs.
+    """
+    untiered = [
+        item.nodeid
+        for item in items
+        if not any(item.get_closest_marker(name) for name in BASE_TIERS)
+    ]
+    if untiered:
+        shown = "\n  ".join(untiered[:20])
+        raise pytest.UsageError(
+            f"{len(untiered)} test(s) declare no tier; add pytestmark = pytest.mark.unit "
+            f"(or inprocess, process, docker) to their file:\n  {shown}"
+        )
+    tier = config.getoption("--tier")
+    if tier is None:
+        return
+    keep = [item for item in items if tier_of(item) == tier]
+    dropped = [item for item in items if tier_of(item) != tier]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
 # Property tests explore with a fixed seed: CI must not fail on a rare draw nobody can
 # reproduce. HYPOTHESIS_PROFILE=explore draws fresh examples for local exploration.
 settings.register_profile("ci", derandomize=True, deadline=None)
@@ -53,6 +103,9 @@ class InProcessBackend:
         self._ids = itertools.count(1)
         self._on_death: DeathCallback | None = None
         self._validator = ProcessBackend(Config())
+        #: ``GET /_t/hold`` on every replica waits for this: a test holds requests in
+        #: flight for exactly as long as it looks at them, then sets it.
+        self.release = asyncio.Event()
 
     def validate_name(self, name: object) -> str:
         return self._validator.validate_name(name)
@@ -84,7 +137,7 @@ class InProcessBackend:
             return await handler(request)
 
         app.middlewares.append(maybe_hang)
-        add_test_routes(app, name)
+        add_test_routes(app, name, self.release)
         # A short shutdown timeout: a hung replica is cut off, as SIGKILL would.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
         await runner.setup()
@@ -118,7 +171,7 @@ class InProcessBackend:
         self.live(name).hung.set()
 
 
-def add_test_routes(app: web.Application, name: str) -> None:
+def add_test_routes(app: web.Application, name: str, release: asyncio.Event) -> None:
     """Extra replica endpoints (test backend only) that exercise the proxy's edge cases."""
 
     async def echo(request: web.Request) -> web.Response:
@@ -158,11 +211,25 @@ def add_test_routes(app: web.Application, name: str) -> None:
     app.router.add_get("/_t/stream", stream)
     app.router.add_get("/_t/slow", slow)
 
+    async def hold(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="held")
+
+    app.router.add_get("/_t/hold", hold)
+
     async def hop(request: web.Request) -> web.Response:
         return web.Response(text="hop", headers={"Connection": "keep-alive, X-Hop", "X-Hop": "1"})
 
     app.router.add_get("/_t/hop", hop)
     app.router.add_route("*", "/_t/status/{code}", status)
+
+
+#: Maglev table size for the in-process tests: prime and over 100 times their largest pool,
+#: so the balance is the family's, while a ring build costs about 1 ms instead of the
+#: default 65537-entry table's 100+ ms of pure Python per build (most of this tier's CPU
+#: time, and a stall that made 0.2 s heartbeats miss on a busy machine). The ring's own
+#: tests (tests/test_ring*.py) use the full size.
+TEST_MAGLEV_SLOTS = 1031
 
 
 def fast_config(**changes: object) -> Config:
@@ -175,7 +242,10 @@ def fast_config(**changes: object) -> Config:
         stop_timeout=1.0,
         health=HealthConfig(interval=0.05, timeout=0.2, fall=2, rise=1),
     )
-    return base.replace(**changes)
+    config = base.replace(**changes)
+    if config.slots is None and config.hash.startswith("maglev"):
+        config = config.replace(slots=TEST_MAGLEV_SLOTS)
+    return config
 
 
 @dataclass

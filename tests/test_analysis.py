@@ -22,6 +22,8 @@ from lbproxy_tools.analysis.runner import (
     chi2_sf,
 )
 
+pytestmark = pytest.mark.unit
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -211,6 +213,7 @@ def _analyze(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.process
 @pytest.mark.slow
 def test_analyze_end_to_end_small(tmp_path: Path) -> None:
     args = ("--requests", "300", "--max-n", "3", "--families", "maglev,seed", "--seed", "7")

@@ -11,6 +11,8 @@ import pytest
 from lbproxy.control.pool import ReplicaState
 from tests.conftest import BalancerUnderTest, wait_for
 
+pytestmark = pytest.mark.inprocess
+
 
 def rep(names: list[str]) -> dict[str, Any]:
     return {"message": {"N": len(names), "replicas": names}, "status": "successful"}
@@ -233,7 +235,9 @@ async def test_hung_replica_is_replaced_by_heartbeat(lb: BalancerUnderTest) -> N
 async def test_removed_replica_is_not_replaced(lb: BalancerUnderTest) -> None:
     async with lb.client.delete(lb.url + "/rm", json={"n": 1, "hostnames": ["Server 3"]}) as r:
         assert r.status == 200
-    await asyncio.sleep(0.3)  # several heartbeat rounds
+    # Three whole heartbeat rounds after the removal: time enough for any replacement.
+    rounds = lb.balancer.monitor.rounds
+    await wait_for(lambda: lb.balancer.monitor.rounds >= rounds + 3)
     assert "Server 3" not in lb.backend.launched[3:]
     _status, body = await lb.get_json("/rep")
     assert body == rep(["Server 1", "Server 2"])
@@ -254,7 +258,7 @@ async def test_no_client_error_when_replica_dies(lb: BalancerUnderTest) -> None:
             await asyncio.gather(*(one(i) for i in ids[chunk : chunk + 20]))
 
     task = asyncio.create_task(load())
-    await asyncio.sleep(0.02)
+    await wait_for(lambda: len(statuses) > 0)  # the load is flowing
     # Kill without telling the balancer: only failed connects and heartbeats reveal it.
     entry = lb.backend.live("Server 1")
     lb.backend.running.pop(entry.handle.backend_id)

@@ -43,6 +43,8 @@ from lbproxy.views.dashboard import DASHBOARD, DashboardHub
 from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
 
+pytestmark = pytest.mark.inprocess
+
 PAGE = "/lbproxy/dashboard"
 STREAM = "/lbproxy/dashboard/stream"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -21,7 +21,7 @@ import pytest
 from lbproxy_tools.launcher import ComposeStack, compose_stack, docker_engine_answers
 from tests.process_balancer import steady_load
 
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
+pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "lbproxy-e2e"

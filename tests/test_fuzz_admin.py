@@ -51,7 +51,7 @@ from lbproxy_tools.launcher import free_loopback_port
 from tests import conftest
 from tests.conftest import InProcessBackend, fast_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.inprocess, pytest.mark.slow]
 
 #: Examples per operation and generation mode (positive, negative).
 EXAMPLES = 80

@@ -20,6 +20,8 @@ from lbproxy_tools.loadtest import (
 )
 from tests.conftest import BalancerUnderTest
 
+pytestmark = pytest.mark.inprocess
+
 
 async def served(client: aiohttp.ClientSession, url: str) -> dict[str, int]:
     async with client.get(url + "/lbproxy/status") as resp:
@@ -30,6 +32,7 @@ async def served(client: aiohttp.ClientSession, url: str) -> dict[str, int]:
 # -- pure parts -----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_random_ids_are_seeded_six_digit_numbers() -> None:
     ids = make_ids("random", 200, seed=7)
     assert ids == make_ids("random", 200, seed=7)
@@ -37,6 +40,7 @@ def test_random_ids_are_seeded_six_digit_numbers() -> None:
     assert all(i.isdigit() and len(i) == 6 for i in ids)
 
 
+@pytest.mark.unit
 def test_sequential_and_file_ids(tmp_path: Path) -> None:
     assert make_ids("sequential", 3) == ["100000", "100001", "100002"]
     f = tmp_path / "ids.txt"
@@ -49,6 +53,7 @@ def test_sequential_and_file_ids(tmp_path: Path) -> None:
         make_ids(str(tmp_path / "empty.txt"), 1)
 
 
+@pytest.mark.unit
 def test_replica_of_reads_the_body_then_a_header() -> None:
     body = b'{"message": "Hello from Server: Server 2", "status": "successful"}'
     assert replica_of(body) == "Server 2"
@@ -58,6 +63,7 @@ def test_replica_of_reads_the_body_then_a_header() -> None:
     assert replica_of(b"{not json") is None
 
 
+@pytest.mark.unit
 def test_latency_summary_uses_nearest_rank() -> None:
     s = LatencySummary.of([k / 1000 for k in range(1, 101)])  # 1..100 ms
     assert (s.count, s.p50, s.p90, s.p99, s.max) == (100, 50.0, 90.0, 99.0, 100.0)
@@ -197,6 +203,7 @@ async def test_cli_exits_1_when_requests_fail(lb: BalancerUnderTest) -> None:
     assert json.loads(stdout)["errors"] == {"400": 5}
 
 
+@pytest.mark.process
 @pytest.mark.slow
 async def test_against_a_real_balancer_process() -> None:
     from lbproxy_tools.launcher import run_balancer

@@ -11,7 +11,9 @@ import pytest
 from lbproxy.config import ProxyConfig
 from lbproxy.server import BalancerServer
 from lbproxy_tools.launcher import free_loopback_port
-from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config
+from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
+
+pytestmark = pytest.mark.inprocess
 
 
 async def test_metrics_expose_pool_and_traffic(lb: BalancerUnderTest) -> None:
@@ -79,16 +81,18 @@ async def test_separate_admin_port_unshadows_every_path() -> None:
 
 
 async def _hot_key_spread(lb: BalancerUnderTest, requests: int) -> Counter[str]:
+    """Where ``requests`` of one hot key went: each replica's in-flight count while all of
+    them are held at the replicas (``/_t/hold``), read once the pool counts them all."""
+
     async def one() -> None:
-        async with lb.client.get(
-            lb.url + "/_t/slow?s=0.3", headers={"X-Request-ID": "555555"}
-        ) as r:
+        async with lb.client.get(lb.url + "/_t/hold", headers={"X-Request-ID": "555555"}) as r:
             assert r.status == 200
 
-    # Where the requests went: each replica's in-flight count while they hang.
     tasks = [asyncio.create_task(one()) for _ in range(requests)]
-    await asyncio.sleep(0.15)
-    spread = Counter({r.name: r.in_flight for r in lb.balancer.pool.replicas()})
+    replicas = lb.balancer.pool.replicas
+    await wait_for(lambda: sum(r.in_flight for r in replicas()) == requests)
+    spread = Counter({r.name: r.in_flight for r in replicas()})
+    lb.backend.release.set()
     await asyncio.gather(*tasks)
     return spread
 
@@ -122,12 +126,13 @@ async def test_rm_under_load_fails_no_request(lb: BalancerUnderTest) -> None:
                 statuses[r.status] += 1
 
     workers = [asyncio.create_task(worker(w)) for w in range(16)]
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: statuses.total() >= 32)  # every worker is going
     async with lb.client.delete(lb.url + "/rm", json={"n": 1, "hostnames": ["Server 2"]}) as r:
         assert r.status == 200
     async with lb.client.post(lb.url + "/add", json={"n": 1, "hostnames": ["S9"]}) as r:
         assert r.status == 200
-    await asyncio.sleep(0.3)
+    answered = statuses.total()
+    await wait_for(lambda: statuses.total() >= answered + 32)  # and goes on afterwards
     stop.set()
     await asyncio.gather(*workers)
     assert set(statuses) == {200}, statuses

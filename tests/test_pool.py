@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from lbproxy.backends.base import ReplicaHandle
 from lbproxy.control.pool import Pool, ReplicaState
 from lbproxy.ring import make_family
+
+pytestmark = pytest.mark.unit
 
 
 def _pool(n: int) -> Pool:

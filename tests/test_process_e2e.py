@@ -13,7 +13,7 @@ import pytest
 from lbproxy_tools.launcher import pid_alive, run_balancer
 from tests.process_balancer import steady_load
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.process
 
 
 async def test_spec_endpoints_on_real_processes() -> None:

@@ -13,6 +13,8 @@ from lbproxy.config import ProxyConfig
 from lbproxy.control.pool import ReplicaState
 from tests.conftest import BalancerUnderTest, wait_for
 
+pytestmark = pytest.mark.inprocess
+
 
 async def raw(lb: BalancerUnderTest, data: bytes, *, wait: float = 2.0) -> bytes:
     """Send raw bytes, read until the balancer closes or ``wait`` passes without data."""

@@ -14,6 +14,8 @@ from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES, Ring, RingFamily, make_fa
 from lbproxy.ring.hashring import HashRingFamily
 from lbproxy.ring.maglev import MaglevFamily, MaglevRing, is_prime
 
+pytestmark = pytest.mark.unit
+
 
 def servers(n: int) -> dict[str, int]:
     return {f"Server {i}": i for i in range(1, n + 1)}
@@ -157,7 +159,7 @@ def moved(before: Ring, after: Ring, keys: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-@pytest.mark.parametrize("n", [4, 10, 100])
+@pytest.mark.parametrize("n", [4, 10, pytest.param(100, marks=pytest.mark.slow)])
 def test_default_churn_is_minimal(n: int) -> None:
     """N is the larger ring: add = N-1 -> N replicas, remove = N -> N-1; ideal 1/N both."""
     family = make_family(DEFAULT_FAMILY)

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lbproxy.errors import RingFullError
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES, Ring, RingFamily, make_family
 from lbproxy.ring.maglev import MaglevRing
+
+pytestmark = [pytest.mark.unit, pytest.mark.slow]  # hypothesis: many full ring builds
 
 # A smaller prime table keeps hypothesis fast; test_ring.py covers the default size.
 FAMILIES: dict[str, RingFamily] = {

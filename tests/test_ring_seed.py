@@ -23,6 +23,8 @@ from lbproxy.errors import RingFullError
 from lbproxy.ring import make_family
 from lbproxy.ring.seed import SeedFamily, SeedRing, key_to_int, seed_alt_family
 
+pytestmark = pytest.mark.unit
+
 S123 = {"Server 1": 1, "Server 2": 2, "Server 3": 3}
 
 

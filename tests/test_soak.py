@@ -18,6 +18,8 @@ import pytest
 
 from lbproxy_tools.launcher import docker_engine_answers
 
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
