@@ -63,6 +63,12 @@ class BalancerServer:
         return self._app[BALANCER]
 
     @property
+    def app(self) -> web.Application:
+        """The control app (admin endpoints and operator views), once started."""
+        assert self._runner is not None
+        return self._runner.app
+
+    @property
     def url(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         scheme = "https" if self.config.tls_cert else "http"

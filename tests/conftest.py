@@ -254,6 +254,7 @@ class BalancerUnderTest:
     url: str
     balancer: Balancer
     backend: InProcessBackend
+    app: web.Application  # the control app: admin endpoints, views, the dashboard
 
     async def get_json(self, path: str, **kw: object) -> tuple[int, object]:
         async with self.client.get(self.url + path, **kw) as resp:  # type: ignore[arg-type]
@@ -273,7 +274,7 @@ async def lb(request: pytest.FixtureRequest) -> AsyncIterator[BalancerUnderTest]
     backend = InProcessBackend()
     server = await start_balancer(config, backend)
     async with aiohttp.ClientSession() as client:
-        yield BalancerUnderTest(client, server.url, server.balancer, backend)
+        yield BalancerUnderTest(client, server.url, server.balancer, backend, server.app)
     await server.stop()
     assert backend.running == {}, "the balancer left replicas running"
 

@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from aiohttp import web
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -41,14 +40,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-import lbproxy.server
-from lbproxy.app import create_app
-from lbproxy.config import Config, HealthConfig
+from lbproxy.config import HealthConfig
 from lbproxy.control.admin import ADD_TOO_MANY, MAX_ADMIN_BODY, RM_TOO_MANY
 from lbproxy.server import BalancerServer
 from lbproxy.views import openapi
-from lbproxy_tools.launcher import free_loopback_port
-from tests import conftest
 from tests.conftest import InProcessBackend, fast_config
 
 pytestmark = [pytest.mark.inprocess, pytest.mark.slow]
@@ -91,18 +86,9 @@ class ThreadedBalancer:
         self._thread = threading.Thread(target=self.loop.run_forever, name="lb", daemon=True)
         self._server: BalancerServer | None = None
         self.url = ""
-        self.wired_by_app = False
 
     def call(self, coro: Any, timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    async def _create_app(self, config: Config, backend: Any = None) -> web.Application:
-        """``create_app``, plus the document's route if create_app does not add it yet."""
-        app = await create_app(config, backend)
-        self.wired_by_app = any(r.canonical == openapi.OPENAPI_PATH for r in app.router.resources())
-        if not self.wired_by_app:
-            openapi.register(app)
-        return app
 
     async def _start(self) -> None:
         self._server = BalancerServer(self.config, self.backend)
@@ -126,9 +112,7 @@ class ThreadedBalancer:
 
     def __enter__(self) -> ThreadedBalancer:
         self._thread.start()
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(lbproxy.server, "create_app", self._create_app)
-            self.call(self._start())
+        self.call(self._start())
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -144,35 +128,10 @@ class ThreadedBalancer:
                 self.loop.close()
 
 
-class DistinctPorts:
-    """``free_loopback_port`` that never hands out a port it handed out before.
-
-    The plain one (bind to port 0, close, return the port) can return the same port to
-    two launches that run concurrently: one /add of 40 replicas has a few per cent chance
-    of a collision, and the whole /add then fails with a 502. That race is the backends'
-    (reported); the fuzzer is here to find other things, so its replicas get distinct ports.
-    """
-
-    def __init__(self) -> None:
-        self._given: set[int] = set()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> int:
-        with self._lock:
-            for _ in range(1000):
-                port = free_loopback_port()
-                if port not in self._given:
-                    self._given.add(port)
-                    return port
-        raise RuntimeError("no fresh loopback port in 1000 tries")
-
-
 @pytest.fixture(scope="module")
 def balancer() -> Iterator[ThreadedBalancer]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(conftest, "free_loopback_port", DistinctPorts())
-        with ThreadedBalancer() as lb:
-            yield lb
+    with ThreadedBalancer() as lb:
+        yield lb
     assert lb.backend.running == {}, "the balancer left replicas running"
 
 
