@@ -68,7 +68,7 @@ def test_transfer_codings(
     assert line.endswith(b"chunked\r\n") and line.count(b"chunked") == (1 + (b"chunked" in outer))
 
 
-@pytest.mark.parametrize(("method", "status"), itertools.product(METHODS, STATUSES))
+@pytest.mark.parametrize(("method", "status"), list(itertools.product(METHODS, STATUSES)))
 def test_bodiless_and_framing_choice_every_pair(method: bytes, status: int) -> None:
     expect_bodiless = (
         status < 200
