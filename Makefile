@@ -57,15 +57,15 @@ analyze: $(STAMP)
 bench: $(STAMP)
 	bash bench/run.sh
 
-# Chaos soak (bench/soak.py, docs/operations.md): under steady load, a random replica is
+# Chaos soak (lbproxy_tools/soak.py, docs/operations.md): under steady load, a random replica is
 # killed every 5 s for 60 s (SIGKILL, then `docker kill` when `docker info` answers); fails
 # on any failed request, an unrecovered kill, a pool not back at N or anything left behind.
 SOAK_ARGS ?= --duration 60 --kill-every 5 --concurrency 16
 soak: $(STAMP)
-	$(BIN)/python bench/soak.py --backend process $(SOAK_ARGS)
+	$(BIN)/python -m lbproxy_tools.soak --backend process $(SOAK_ARGS)
 	@if docker info >/dev/null 2>&1; then \
-		echo "$(BIN)/python bench/soak.py --backend docker $(SOAK_ARGS)"; \
-		$(BIN)/python bench/soak.py --backend docker $(SOAK_ARGS); \
+		echo "$(BIN)/python -m lbproxy_tools.soak --backend docker $(SOAK_ARGS)"; \
+		$(BIN)/python -m lbproxy_tools.soak --backend docker $(SOAK_ARGS); \
 	else echo "soak: no Docker engine answers 'docker info': docker soak skipped"; fi
 
 clean:

@@ -9,14 +9,12 @@ any reason (normal end, exception, Ctrl-C, SIGTERM, SIGHUP, the overall deadline
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,11 +28,20 @@ RESULTS = ROOT / "bench" / "results"
 PYTHON = sys.executable
 sys.path.insert(0, str(ROOT))
 
-from lbproxy_tools.launcher import clean_env, serve_command  # noqa: E402
+# The process and port helpers have one home, lbproxy_tools.launcher; the bench scripts
+# import them from here under their bench names.
+from lbproxy_tools.launcher import (  # noqa: E402
+    clean_env,
+    die_with_parent,
+    serve_command,
+    wait_http,
+)
+from lbproxy_tools.launcher import free_loopback_port as free_port  # noqa: E402
+
+__all__ = ["free_port", "wait_http"]  # re-exported for http_bench.py and memory.py
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-_PR_SET_PDEATHSIG = 1
 
 
 def log(msg: str) -> None:
@@ -50,23 +57,11 @@ def env_number(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def pin(pid: int, cpus: set[int] | None) -> None:
     """Restrict ``pid`` (0: this process) to ``cpus``; no-op when ``cpus`` is None."""
     if cpus:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(pid, cpus)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Deadline(Exception):
@@ -91,7 +86,7 @@ class Processes:
         cpus: set[int] | None = None,
     ) -> subprocess.Popen[bytes]:
         def setup() -> None:  # pragma: no cover - runs in the child
-            _die_with_parent()
+            die_with_parent()
             pin(0, cpus)
 
         proc = subprocess.Popen(
@@ -242,43 +237,6 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
-
-
-def _tail(path: Path | None, chars: int = 2000) -> str:
-    if path is None:
-        return ""
-    try:
-        return (
-            "\n--- " + str(path.name) + " (tail) ---\n" + path.read_text(errors="replace")[-chars:]
-        )
-    except OSError:
-        return ""
-
-
-def wait_http(
-    url: str,
-    timeout: float,
-    proc: subprocess.Popen[bytes] | None = None,
-    log_path: Path | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(
-                f"process for {url} exited with code {proc.returncode}{_tail(log_path)}"
-            )
-        try:
-            status, _ = http_get(url, timeout=1.0)
-            if status == 200:
-                return
-            last = status
-        except OSError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"{url} did not answer 200 within {timeout:g}s (last: {last}){_tail(log_path)}"
-    )
 
 
 def lbproxy_status(base: str) -> dict[str, Any]:

@@ -8,13 +8,17 @@ balancer it did not start in-process, so that what it measures is what users run
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 
@@ -28,6 +32,7 @@ __all__ = [
     "RunningBalancer",
     "clean_env",
     "compose_stack",
+    "die_with_parent",
     "docker_engine_answers",
     "free_loopback_port",
     "pid_alive",
@@ -58,18 +63,55 @@ class RunningBalancer:
         }
 
 
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    import urllib.request
+def wait_http(
+    url: str,
+    timeout: float = 20.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    log_path: Path | None = None,
+) -> None:
+    """Until ``url`` answers 200; fail early when ``proc`` (the server) exits.
 
+    ``log_path``: the server's log, whose tail goes into the error when it does not come up.
+    """
     deadline = time.monotonic() + timeout
+    last: object = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"process for {url} exited with code {proc.returncode}" + _tail(log_path)
+            )
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
                     return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer within {timeout}s")
+                last = resp.status
+        except urllib.error.HTTPError as exc:
+            last = exc.code
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(
+        f"{url} did not answer 200 within {timeout:g}s (last: {last})" + _tail(log_path)
+    )
+
+
+def _tail(path: Path | None, chars: int = 2000) -> str:
+    if path is None:
+        return ""
+    try:
+        return f"\n--- {path.name} (tail) ---\n" + path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child (preexec_fn)
+    """Ask Linux to SIGTERM this child when its parent dies: nothing a test or bench starts
+    outlives it, even when the runner is killed with SIGKILL (a no-op elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def serve_command(port: int, replicas: int, *extra: str, python: str = sys.executable) -> list[str]:
@@ -114,10 +156,10 @@ def run_balancer(
         *extra,
     )
     env = clean_env()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/rep")
+        wait_http(url + "/rep", proc=proc)
         yield RunningBalancer(proc, url)
     finally:
         if proc.poll() is None:

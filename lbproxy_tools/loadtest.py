@@ -182,20 +182,29 @@ def replica_of(body: bytes, headers: Mapping[str, str] | None = None) -> str | N
     return None
 
 
+@dataclass
+class Meter:
+    """Live counts of a running load: for the progress bar, and for a caller that acts once
+    the load flows (a test that kills a replica after N answers) instead of sleeping."""
+
+    done: int = 0
+    failed: int = 0
+
+
 class _Progress:
     """A tqdm bar on stderr refreshed ten times a second from the counters (no per-request cost)."""
 
-    def __init__(self, total: int, counts: list[int]) -> None:
+    def __init__(self, total: int, meter: Meter) -> None:
         from tqdm import tqdm
 
-        self._counts = counts
+        self._meter = meter
         self._bar = tqdm(
             total=total, unit="req", file=sys.stderr, dynamic_ncols=True, leave=True, smoothing=0.1
         )
         self._task: asyncio.Task[None] | None = None
 
     def _refresh(self) -> None:
-        done, failed = self._counts
+        done, failed = self._meter.done, self._meter.failed
         self._bar.update(done - self._bar.n)
         self._bar.set_postfix_str(f"errors={failed}", refresh=False)
 
@@ -229,14 +238,17 @@ async def run_load(
     stop: asyncio.Event | None = None,
     record: bool = False,
     seed: int | None = None,
+    meter: Meter | None = None,
 ) -> LoadResult:
     """Send ``requests`` GETs to ``url + path`` from ``concurrency`` workers; count outcomes.
 
     ``ids`` are the X-Request-ID values, used in order and cycled if fewer than
     ``requests``. ``rate`` (req/s) paces the sends instead of going flat out; ``stop``
     ends the run early when set; ``record`` keeps a ``Sample`` per request (for timelines).
-    ``seed`` is only reported back. Requests that fail count in ``errors`` by kind: the HTTP
-    status for a non-2xx answer, the exception class name for a transport error.
+    ``meter`` counts requests done and failed while the run goes on (a caller that acts
+    mid-run waits on it). ``seed`` is only reported back. Requests that fail count in
+    ``errors`` by kind: the HTTP status for a non-2xx answer, the exception class name for
+    a transport error.
     """
     if requests < 0:
         raise ValueError(f"requests must not be negative, got {requests}")
@@ -253,7 +265,7 @@ async def run_load(
     latencies: list[float] = []
     samples: list[Sample] = []
     names: dict[bytes, str] = {}  # body -> replica: each replica's /home body is constant
-    counts = [0, 0]  # done, failed (read by the progress bar)
+    meter = meter if meter is not None else Meter()
     unattributed = 0
     indices: Iterator[int] = iter(range(requests))
     loop = asyncio.get_running_loop()
@@ -293,14 +305,14 @@ async def run_load(
                 outcome = type(exc).__name__
             elapsed = perf() - sent
             latencies.append(elapsed)
-            counts[0] += 1
+            meter.done += 1
             if outcome == "ok":
                 if replica is None:
                     unattributed += 1
                 else:
                     per_replica[replica] = per_replica.get(replica, 0) + 1
             else:
-                counts[1] += 1
+                meter.failed += 1
                 errors[outcome] = errors.get(outcome, 0) + 1
             if record:
                 samples.append(
@@ -308,7 +320,7 @@ async def run_load(
                 )
 
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=None)
-    bar = _Progress(requests, counts) if progress else None
+    bar = _Progress(requests, meter) if progress else None
     async with aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -324,7 +336,7 @@ async def run_load(
             duration = perf() - started_perf
             if bar is not None:
                 await bar.close()
-    done = counts[0]
+    done = meter.done
     return LoadResult(
         url=target,
         requests=requests,

@@ -19,7 +19,8 @@ import aiohttp
 import pytest
 
 from lbproxy_tools.launcher import ComposeStack, compose_stack, docker_engine_answers
-from tests.process_balancer import steady_load
+from lbproxy_tools.loadtest import Meter, make_ids, run_load
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -121,8 +122,17 @@ async def test_docker_kill_under_load_is_replaced_without_failures(stack: Compos
     async with aiohttp.ClientSession() as s:
         before = stack.replicas()
         victim = sorted(before)[1]
-        load = asyncio.create_task(steady_load(s, stack.url, requests=4000, concurrency=8))
-        await asyncio.sleep(0.5)
+        meter = Meter()
+        load = asyncio.create_task(
+            run_load(
+                stack.url,
+                requests=4000,
+                concurrency=8,
+                ids=make_ids("random", 4000, 9),
+                meter=meter,
+            )
+        )
+        await wait_for(lambda: meter.done >= 200, timeout=30)  # the load flows
         killed = time.monotonic()
         sh("docker", "kill", before[victim])
         # the replacement: same hostname, new container, serving within 5 s
@@ -137,10 +147,10 @@ async def test_docker_kill_under_load_is_replaced_without_failures(stack: Compos
                     serving_after = time.monotonic() - killed
                     break
             await asyncio.sleep(0.1)
-        outcomes = await load
+        result = await load
     assert serving_after is not None, "no replacement came up"
     assert serving_after < 5.0, f"replacement took {serving_after:.1f}s"
-    assert outcomes == {"200": 4000}, outcomes
+    assert result.completed == 4000 and result.errors == {}, result.errors
     assert sorted(stack.replicas()) == sorted(before)
 
 

@@ -11,7 +11,8 @@ import aiohttp
 import pytest
 
 from lbproxy_tools.launcher import pid_alive, run_balancer
-from tests.process_balancer import steady_load
+from lbproxy_tools.loadtest import Meter, make_ids, run_load
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.process
 
@@ -60,11 +61,20 @@ async def test_kill_9_replica_under_load_loses_no_request() -> None:
     with run_balancer() as lb:
         async with aiohttp.ClientSession() as s:
             pids = await lb.replica_pids(s)
-            load = asyncio.create_task(steady_load(s, lb.url, requests=3000, concurrency=16))
-            await asyncio.sleep(0.3)
+            meter = Meter()
+            load = asyncio.create_task(
+                run_load(
+                    lb.url,
+                    requests=3000,
+                    concurrency=16,
+                    ids=make_ids("random", 3000, 9),
+                    meter=meter,
+                )
+            )
+            await wait_for(lambda: meter.done >= 200, timeout=30)  # the load flows
             killed_at = time.time()
             os.kill(pids["Server 2"], signal.SIGKILL)
-            outcomes = await load
+            result = await load
             # the pool is back at N with a new process under the same name
             deadline = time.monotonic() + 10
             while True:
@@ -74,7 +84,7 @@ async def test_kill_9_replica_under_load_loses_no_request() -> None:
                 await asyncio.sleep(0.05)
             async with s.get(lb.url + "/lbproxy/events") as r:
                 events = (await r.json())["message"]
-        assert outcomes == {"200": 3000}, outcomes
+        assert result.completed == 3000 and result.errors == {}, result.errors
         assert set(now) == {"Server 1", "Server 2", "Server 3"}
         assert now["Server 2"] != pids["Server 2"]
         served = [

@@ -1,4 +1,4 @@
-"""Short chaos soaks (bench/soak.py): replicas killed under steady load, nothing may fail.
+"""Short chaos soaks (lbproxy_tools/soak.py): replicas killed under steady load, nothing may fail.
 
 The process soak kills a random replica every 2 s for 10 s; the Docker one (run whenever
 `docker info` answers, failing if the engine is there but the stack cannot run) every 3 s
@@ -9,33 +9,15 @@ N = 3 with the same names, up, on the ring and running, and nothing left behind.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
+from lbproxy_tools import soak
 from lbproxy_tools.launcher import docker_engine_answers
 
 pytestmark = pytest.mark.process
 
-ROOT = Path(__file__).resolve().parent.parent
 
-
-def _load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("lbproxy_bench_soak", ROOT / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_soak()
-
-
-def _assert_clean_soak(result: object, kills: int) -> None:
+def _assert_clean_soak(result: soak.SoakResult, kills: int) -> None:
     r = result
     report = soak.format_report(r)
     assert r.failed == 0, f"requests failed during the soak:\n{report}"

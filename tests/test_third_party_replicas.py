@@ -26,7 +26,8 @@ import aiohttp
 import pytest
 
 from lbproxy_tools.launcher import clean_env, docker_engine_answers, free_loopback_port, wait_http
-from tests.process_balancer import steady_load
+from lbproxy_tools.loadtest import Meter, make_ids, run_load
+from tests.conftest import wait_for
 
 PY = shlex.quote(sys.executable)
 N = 3
@@ -97,8 +98,12 @@ async def kill_under_load(
     """SIGKILL one replica mid-load: every request succeeds and the pool returns to N."""
     before = {str(r["name"]): r["backend_id"] for r in await replicas(s, url)}
     victim = sorted(before)[1]
-    load = asyncio.create_task(steady_load(s, url, requests=requests, concurrency=8, path="/"))
-    await asyncio.sleep(0.5)
+    meter = Meter()
+    ids = make_ids("random", requests, 7)
+    load = asyncio.create_task(
+        run_load(url, requests=requests, concurrency=8, ids=ids, path="/", meter=meter)
+    )
+    await wait_for(lambda: meter.done >= 100, timeout=30)  # the load flows
     kill(before[victim])  # type: ignore[operator]
     deadline = time.monotonic() + 60
     while True:
@@ -108,8 +113,8 @@ async def kill_under_load(
             break
         assert time.monotonic() < deadline, f"pool did not return to {N}: {now}"
         await asyncio.sleep(0.1)
-    outcomes = await load
-    assert outcomes == {"200": requests}, outcomes
+    result = await load
+    assert result.completed == requests and result.errors == {}, result.errors
     assert sorted(up) == sorted(before)
 
 

@@ -1,7 +1,7 @@
 """Chaos soak: steady load through the balancer while a random replica is killed every few s.
 
-    python bench/soak.py --backend process --duration 60 --kill-every 5 --concurrency 16
-    python bench/soak.py --backend docker  --duration 60 --kill-every 5 --concurrency 16
+    python -m lbproxy_tools.soak --backend process --duration 60 --kill-every 5 --concurrency 16
+    python -m lbproxy_tools.soak --backend docker  --duration 60 --kill-every 5 --concurrency 16
     (add --seed S to repeat a run's victims and request ids, --json OUT for the figures)
 
 The balancer runs on a free 127.0.0.1 port: ``lbproxy serve --backend process`` through
@@ -43,11 +43,10 @@ from typing import Any, Protocol
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from lbproxy_tools.launcher import ComposeStack, compose_stack, pid_alive, run_balancer
+from lbproxy_tools.loadtest import LoadResult, make_ids, run_load
 
-from lbproxy_tools.launcher import ComposeStack, compose_stack, pid_alive, run_balancer  # noqa: E402
-from lbproxy_tools.loadtest import LoadResult, make_ids, run_load  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DETECTED = ("died", "heartbeat_down")
 #: How often the soak reads the balancer's events (well inside the log's 2000-event bound).
