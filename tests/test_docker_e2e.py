@@ -22,7 +22,8 @@ from lbproxy_tools.launcher import ComposeStack, compose_stack, docker_engine_an
 from lbproxy_tools.loadtest import Meter, make_ids, run_load
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.docker
+# The first test's setup builds the images when they are stale: minutes on a busy machine.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "lbproxy-e2e"

@@ -40,6 +40,7 @@ def test_process_soak_kill_every_2s_for_10s_loses_nothing() -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # builds the images first when they are stale (minutes when busy)
 def test_docker_soak_kill_every_3s_for_12s_loses_nothing() -> None:
     if not docker_engine_answers():
         pytest.skip("no Docker engine answers `docker info`")
