@@ -1,0 +1,493 @@
+"""Membership churn under steady load: does a ring change stall the requests around it?
+
+Two parts, both printing Markdown tables (issue 10's churn benchmark, docs/performance.md):
+
+**Process level** (``--replicas 3,100``): a real ``lbproxy serve --backend process`` with N
+``server_app`` replicas and a steady load of ``--clients`` keep-alive clients (random 6-digit
+``X-Request-ID`` on ``GET /home``). After a steady period, in turn: ``/add`` 1, ``/rm`` 1
+(the replica just added), a ``kill -9`` of a replica (until its replacement is up again), and
+an ejection (the victim is SIGSTOPped, a few requests for keys it owns time out on it and
+eject it, then it is SIGCONTed and readmitted by its heartbeat). For each change: the slowest
+request and the p99 while it happens (from the call until it completed, plus ``--tail``
+seconds) against the same figures over the steady periods before each change. During the
+ejection the load avoids the victim's own keys, which wait out the read timeout by design.
+
+**Ring level** (``--ring 3,100,1000``): the pool in this process, no HTTP. For each change
+(add, remove, death, ejection, readmission) the longest event-loop stall while it is applied
+(a 1 ms ticker), how long until the ring reflects it, plus build time, removal derivation
+time, balance (largest share / mean) and memory of a ring.
+
+``--baseline DIR`` measures another lbproxy tree (e.g. ``git archive <rev> | tar -x -C DIR``)
+in the same run, interleaved with this checkout, so before/after share the machine's state::
+
+    flock /tmp/lbproxy-heavy.lock .venv/bin/python bench/churn.py --replicas 3,100 \\
+        --ring 3,100,1000 --baseline /tmp/lbproxy-before
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import (
+    ROOT,
+    free_port,
+    lbproxy_cmd,
+    log,
+    owned_processes,
+    run_main,
+    wait_http,
+)
+
+from lbproxy.launcher import clean_env
+
+HELLO = "Hello from Server: "
+
+
+# -- process level ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    start: float
+    latency: float
+    ok: bool
+
+
+@dataclass
+class Load:
+    """``clients`` keep-alive clients sending GET /home with random ids until stopped."""
+
+    url: str
+    clients: int
+    seed: int
+    samples: list[Sample] = field(default_factory=list)
+    #: When set (during an ejection), the keys to draw from instead of random ids.
+    ids: list[str] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.clients, force_close=False)
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.gather(*(self._client(session, i) for i in range(self.clients)))
+
+    async def _client(self, session: aiohttp.ClientSession, index: int) -> None:
+        rng = random.Random(self.seed * 1000 + index)
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            key = rng.choice(self.ids) if self.ids else str(rng.randrange(100_000, 1_000_000))
+            start = loop.time()
+            ok = False
+            try:
+                async with session.get(self.url + "/home", headers={"X-Request-ID": key}) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                ok = False
+            self.samples.append(Sample(start, loop.time() - start, ok))
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+async def _status(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with session.get(url + "/lbproxy/status") as r:
+        body: dict[str, Any] = (await r.json())["message"]
+        return body
+
+
+async def _wait(
+    session: aiohttp.ClientSession, url: str, check: Callable[[dict[str, Any]], bool], limit: float
+) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if check(await _status(session, url)):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"the balancer did not reach the expected state within {limit:g}s")
+
+
+async def _owners(session: aiohttp.ClientSession, url: str, keys: list[str]) -> dict[str, str]:
+    """Which replica serves each key now (read from the /home body)."""
+    out: dict[str, str] = {}
+    sem = asyncio.Semaphore(8)
+
+    async def one(key: str) -> None:
+        async with sem, session.get(url + "/home", headers={"X-Request-ID": key}) as r:
+            body = await r.json()
+            out[key] = body["message"].removeprefix(HELLO)
+
+    await asyncio.gather(*(one(k) for k in keys))
+    return out
+
+
+async def churn_run(
+    url: str, admin_url: str, n: int, args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """One balancer: steady, then each change in turn; one row per change.
+
+    Admin calls go to the separate admin port: on the public one they would be bound by the
+    short read timeout the ejection step needs.
+    """
+    load = Load(url, args.clients, seed=n)
+    runner = asyncio.create_task(load.run())
+    loop = asyncio.get_running_loop()
+    steady: list[Sample] = []
+    rows: list[dict[str, Any]] = []
+    limit = 60.0 + n
+    async with aiohttp.ClientSession() as admin:
+
+        async def steady_period() -> None:
+            t0 = loop.time()
+            await asyncio.sleep(args.steady)
+            t1 = loop.time()
+            steady.extend(s for s in load.samples if t0 <= s.start and s.start + s.latency <= t1)
+
+        async def change(name: str, action: Callable[[], Any]) -> None:
+            await steady_period()
+            prepare = preparations.get(name)
+            if prepare is not None:
+                await prepare()
+            t0 = loop.time()
+            await action()
+            t1 = loop.time()
+            await asyncio.sleep(args.tail)
+            t2 = loop.time()
+            during = [s for s in load.samples if t0 <= s.start + s.latency and s.start <= t2]
+            rows.append({"n": n, "change": name, "samples": during, "took": t1 - t0})
+            log(f"N={n} {name}: {len(during)} requests, applied in {(t1 - t0) * 1000:.0f} ms")
+
+        added: list[str] = []
+
+        async def add() -> None:
+            async with admin.post(admin_url + "/add", json={"n": 1, "hostnames": ["churn-1"]}) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"/add answered {r.status}: {await r.text()}")
+            added.append("churn-1")
+
+        async def rm() -> None:
+            async with admin.delete(admin_url + "/rm", json={"n": 1, "hostnames": added}) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"/rm answered {r.status}: {await r.text()}")
+
+        def up_pids(status: dict[str, Any]) -> dict[str, str]:
+            return {r["name"]: r["backend_id"] for r in status["replicas"] if r["state"] == "up"}
+
+        async def kill() -> None:
+            before = up_pids(await _status(admin, admin_url))
+            victim = sorted(before)[-1]
+            os.kill(int(before[victim]), signal.SIGKILL)
+            await _wait(
+                admin,
+                admin_url,
+                lambda s: (
+                    up_pids(s).get(victim) not in (None, before[victim])
+                    and len(up_pids(s)) == len(before)
+                ),
+                limit,
+            )
+
+        chosen: dict[str, Any] = {}
+
+        async def eject_prepare() -> None:
+            pids = up_pids(await _status(admin, admin_url))
+            victim = sorted(pids)[0]
+            probe = [str(k) for k in random.Random(7).sample(range(100_000, 1_000_000), 400)]
+            owned = [k for k, o in (await _owners(admin, url, probe)).items() if o == victim]
+            if len(owned) < args.eject_after:
+                raise RuntimeError(f"too few probe keys land on {victim}")
+            # The load keeps to keys the victim does not own: those wait out the read timeout.
+            space = [str(k) for k in random.Random(n).sample(range(100_000, 1_000_000), 2000)]
+            load.ids = [k for k, o in (await _owners(admin, url, space)).items() if o != victim]
+            chosen.update(victim=victim, pid=int(pids[victim]), owned=owned)
+
+        async def eject() -> None:
+            victim, pid, owned = chosen["victim"], chosen["pid"], chosen["owned"]
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                timeout = aiohttp.ClientTimeout(total=10)
+                async with aiohttp.ClientSession(timeout=timeout) as trig:
+
+                    async def hit(key: str) -> None:
+                        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                            async with trig.get(url + "/home", headers={"X-Request-ID": key}) as r:
+                                await r.read()
+
+                    await asyncio.gather(*(hit(k) for k in owned[: args.eject_after]))
+                await _wait(
+                    admin,
+                    admin_url,
+                    lambda s: any(
+                        r["name"] == victim and r["state"] == "ejected" for r in s["replicas"]
+                    ),
+                    5,
+                )
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            await _wait(admin, admin_url, lambda s: victim in s["ring"], limit)
+            load.ids = []
+
+        preparations = {"eject": eject_prepare}
+        await asyncio.sleep(1.0)  # warm-up: connections, caches
+        for name, action in (("add 1", add), ("rm 1", rm), ("kill -9", kill), ("eject", eject)):
+            if name.split()[0] in args.changes:
+                await change(name, action)
+        await steady_period()
+    load.stop.set()
+    await runner
+    base_lat = [s.latency for s in steady]
+    out = [
+        {
+            "n": n,
+            "change": "steady",
+            "requests": len(steady),
+            "failed": sum(not s.ok for s in steady),
+            "max_ms": max(base_lat) * 1000,
+            "p99_ms": pct(base_lat, 99) * 1000,
+            "took_ms": math.nan,
+        }
+    ]
+    for row in rows:
+        lat = [s.latency for s in row["samples"]]
+        out.append(
+            {
+                "n": n,
+                "change": row["change"],
+                "requests": len(lat),
+                "failed": sum(not s.ok for s in row["samples"]),
+                "max_ms": max(lat) * 1000,
+                "p99_ms": pct(lat, 99) * 1000,
+                "took_ms": row["took"] * 1000,
+            }
+        )
+    return out
+
+
+def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    env = clean_env()
+    if tree != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
+    port = free_port()
+    admin_port = free_port()
+    cmd = lbproxy_cmd(
+        port,
+        n,
+        "--admin-port",
+        str(admin_port),
+        "--start-timeout",
+        str(30 + n),
+        "--read-timeout",
+        str(args.read_timeout),
+        "--eject-after",
+        str(args.eject_after),
+    )
+    url = f"http://127.0.0.1:{port}"
+    with owned_processes(600 + 3 * n) as procs:
+        proc = procs.start(f"lbproxy-{n}", cmd, env=env, cwd=tree)
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        wait_http(admin_url + "/rep", 60 + 2 * n, proc)
+        rows = asyncio.run(churn_run(url, admin_url, n, args))
+        procs.stop(proc, timeout=30 + n / 5)
+    return rows
+
+
+# -- ring level ---------------------------------------------------------------------------------
+
+
+RING_SCRIPT = r"""
+import asyncio, gc, json, sys, time, tracemalloc
+from lbproxy.control.pool import Pool, ReplicaState
+from lbproxy.backends.base import ReplicaHandle
+from lbproxy.ring import make_family
+
+n = int(sys.argv[1])
+family = make_family("maglev")
+
+def handle(name):
+    return ReplicaHandle(name, "http://127.0.0.1:1", name)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    stall = [0.0]
+    stop = False
+
+    async def ticker():
+        last = loop.time()
+        while not stop:
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            stall[0] = max(stall[0], now - last - 0.001)
+            last = now
+
+    t = time.perf_counter()
+    members = {f"replica-{i}": i for i in range(1, n + 1)}
+    ring = family.build(members)
+    build_ms = (time.perf_counter() - t) * 1000
+    tracemalloc.start()
+    snap0 = tracemalloc.get_traced_memory()[0]
+    ring2 = family.build(members)
+    ring_bytes = tracemalloc.get_traced_memory()[0] - snap0
+    tracemalloc.stop()
+    del ring2
+    shares = list(ring.shares().values())
+    balance = max(shares) / (sum(shares) / len(shares))
+
+    pool = Pool(family, eject_after=1)
+    reps = [pool.add(name, rid) for name, rid in members.items()]
+    for r in reps:
+        pool.set_handle(r, handle(r.name))
+    pool.mark_up(*reps)
+    settle = getattr(pool, "settled", None)
+    if settle is not None:
+        await settle()
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    rows = {}
+
+    async def measure(name, action, done):
+        await asyncio.sleep(0.02)
+        stall[0] = 0.0
+        t0 = loop.time()
+        c0 = time.perf_counter()
+        action()
+        call_ms = (time.perf_counter() - c0) * 1000
+        while not done():
+            await asyncio.sleep(0.001)
+        until = loop.time() - t0
+        await asyncio.sleep(0.01)  # let the ticker see a stall that ended just now
+        rows[name] = {"stall_ms": stall[0] * 1000, "call_ms": call_ms,
+                      "until_ms": until * 1000}
+
+    new = pool.add("replica-new")
+    pool.set_handle(new, handle(new.name))
+    await measure("add", lambda: pool.mark_up(new), lambda: "replica-new" in pool.ring.names)
+    await measure("remove", lambda: pool.remove("replica-new"),
+                  lambda: "replica-new" not in pool.ring.names)
+    victim = reps[1]
+    await measure("death", lambda: pool.mark_down(victim, "died"),
+                  lambda: victim.name not in pool.ring.names)
+    pool.set_handle(victim, handle(victim.name))
+    await measure("replacement", lambda: pool.mark_up(victim),
+                  lambda: victim.name in pool.ring.names)
+    other = reps[2]
+    await measure("eject", lambda: pool.note_failure(other, "status 500"),
+                  lambda: other.name not in pool.ring.names)
+    await measure("readmit", lambda: pool.readmit(other), lambda: other.name in pool.ring.names)
+    stop = True
+    await tick
+    print(json.dumps({"n": n, "build_ms": build_ms, "ring_mb": ring_bytes / 2**20,
+                      "balance": balance, "changes": rows}))
+
+asyncio.run(main())
+"""
+
+
+def ring_level(n: int, tree: Path) -> dict[str, Any]:
+    env = clean_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
+    out = subprocess.run(
+        [sys.executable, "-c", RING_SCRIPT, str(n)],
+        env=env,
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"ring bench N={n} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def _sizes(raw: str) -> list[int]:
+    return [int(x) for x in raw.split(",") if x.strip()]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--replicas", type=_sizes, default=[3], help="process-level sizes, e.g. 3,100")
+    p.add_argument("--ring", type=_sizes, default=[], help="ring-level sizes, e.g. 3,100,1000")
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--steady", type=float, default=3.0, help="steady seconds before each change")
+    p.add_argument("--tail", type=float, default=0.5, help="seconds counted after a change")
+    p.add_argument("--read-timeout", type=float, default=0.5)
+    p.add_argument("--eject-after", type=int, default=3)
+    p.add_argument("--changes", default="add,rm,kill,eject")
+    p.add_argument("--baseline", type=Path, help="another lbproxy tree, measured interleaved")
+    p.add_argument("--json", type=Path, help="also write every row here")
+    args = p.parse_args()
+    args.changes = set(args.changes.split(","))
+    trees: list[tuple[str, Path]] = []
+    if args.baseline:
+        trees.append(("before", args.baseline.resolve()))
+    trees.append(("after" if args.baseline else "this", ROOT))
+    rows: list[dict[str, Any]] = []
+    for n in args.replicas:
+        for label, tree in trees:
+            log(f"process level: {label} N={n}")
+            for row in process_level(n, tree, args):
+                rows.append({"tree": label, **row})
+    ring_rows: list[dict[str, Any]] = []
+    for n in args.ring:
+        for label, tree in trees:
+            log(f"ring level: {label} N={n}")
+            ring_rows.append({"tree": label, **ring_level(n, tree)})
+    if rows:
+        print("\n| tree | N | change | requests | failed | slowest ms | p99 ms | applied in ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            print(
+                f"| {r['tree']} | {r['n']} | {r['change']} | {r['requests']} | {r['failed']} "
+                f"| {r['max_ms']:.1f} | {r['p99_ms']:.1f} | {r['took_ms']:.0f} |"
+            )
+    if ring_rows:
+        kinds = ("add", "remove", "death", "replacement", "eject", "readmit")
+        print(
+            "\n| tree | N | build ms | ring MiB | max/mean share | "
+            + " | ".join(f"{k} stall ms (on ring after)" for k in kinds)
+            + " |"
+        )
+        print("|---" * (5 + len(kinds)) + "|")
+        for r in ring_rows:
+            cells = " | ".join(
+                f"{r['changes'][k]['stall_ms']:.1f} ({r['changes'][k]['until_ms']:.0f})"
+                for k in kinds
+            )
+            print(
+                f"| {r['tree']} | {r['n']} | {r['build_ms']:.0f} | {r['ring_mb']:.1f} "
+                f"| {r['balance']:.3f} | {cells} |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps({"process": rows, "ring": ring_rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
