@@ -56,7 +56,6 @@ from common import (
     run_main,
     wait_http,
 )
-
 from lbproxy.launcher import clean_env
 
 HELLO = "Hello from Server: "

@@ -2,4 +2,6 @@
 
 from lbproxy.cli import main
 
-main()
+# Guarded: the ring build worker (multiprocessing, spawn) imports the main module again.
+if __name__ == "__main__":
+    main()

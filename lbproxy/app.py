@@ -25,6 +25,7 @@ from lbproxy.control.reconcile import Reconciler
 from lbproxy.errors import failure_body
 from lbproxy.frontend.relay import ProxyStats
 from lbproxy.ring import make_family
+from lbproxy.ring.offload import RingBuilder
 from lbproxy.views import dashboard, metrics, openapi
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ async def _unknown_endpoint(request: web.Request) -> web.Response:
 async def create_app(config: Config, backend: ReplicaBackend | None = None) -> web.Application:
     """The control application for ``config`` (a coroutine: sessions need a running loop)."""
     family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
-    pool = Pool(family, EventLog(), eject_after=config.proxy.eject_after)
+    pool = Pool(family, EventLog(), eject_after=config.proxy.eject_after, builder=RingBuilder())
     backend = backend if backend is not None else create_backend(config)
     health_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),

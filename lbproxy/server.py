@@ -87,6 +87,7 @@ class BalancerServer:
             self._backend_open = True
             # Degraded boot: serves with the replicas that came up, retries the others.
             await balancer.reconciler.start(self.config.replicas)
+            await balancer.pool.settled()  # the first ring is built off the loop
             log.info(
                 "pool ready: %d of %d replicas on the %s ring",
                 len(balancer.pool.ring.names),
@@ -224,6 +225,7 @@ class BalancerServer:
                 await self.balancer.backend.close()
                 self._backend_open = False
             await self.balancer.health_session.close()
+            self.balancer.pool.close()  # a ring build in flight is abandoned
         if self._sockdir is not None:
             shutil.rmtree(self._sockdir, ignore_errors=True)
             self._sockdir = None

@@ -141,8 +141,9 @@ def test_default_spread_stays_near_ideal_random(n: int) -> None:
     shares = list(ring.shares().values())
     assert abs(sum(shares) - 1.0) < 1e-9
     assert min(shares) > 0
-    # The table is much tighter than what 10,000 random keys can show.
-    assert max_mean(shares) <= (1.15 if n == 100 else 1.5)
+    # The table is much tighter than what 10,000 random keys can show; at N = 1000 the
+    # default table keeps the largest share within 5% of the mean (issue 10).
+    assert max_mean(shares) <= (1.02 if n == 100 else 1.05)
 
 
 # --- the default family: churn -----------------------------------------------------------
@@ -161,8 +162,12 @@ def moved(before: Ring, after: Ring, keys: list[str]) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("n", [4, 10, pytest.param(100, marks=pytest.mark.slow)])
 def test_default_churn_is_minimal(n: int) -> None:
-    """N is the larger ring: add = N-1 -> N replicas, remove = N -> N-1; ideal 1/N both."""
-    family = make_family(DEFAULT_FAMILY)
+    """N is the larger ring: add = N-1 -> N replicas, remove = N -> N-1; ideal 1/N both.
+
+    The rank-order rule is the same at every table size; a 65537-entry table keeps the
+    entry-by-entry comparison below fast (tests/test_ring_derive.py covers the default).
+    """
+    family = make_family(DEFAULT_FAMILY, slots=65537)
     big = family.build(servers(n))
     smaller = family.build(servers(n - 1))
     without_2 = family.build({k: v for k, v in servers(n).items() if k != "Server 2"})
@@ -211,7 +216,7 @@ def test_maglev_places_by_name_not_ring_id() -> None:
 
 @pytest.mark.parametrize("name", ["maglev", "hashring", "rendezvous"])
 def test_second_candidate_is_the_owner_after_removal(name: str) -> None:
-    family = make_family(name)
+    family = make_family(name, slots=65537)
     members = servers(5)
     ring = family.build(members)
     without = {n: family.build({k: v for k, v in members.items() if k != n}) for n in members}

@@ -31,8 +31,9 @@ FAMILIES: dict[str, RingFamily] = {
     name: make_family(name, slots=4099) if name.startswith("maglev") else make_family(name)
     for name in FAMILY_NAMES
 }
-FAMILIES["maglev-default-size"] = make_family("maglev")
-EXACT = ("maglev", "maglev-default-size", "hashring", "rendezvous")
+# The default table (4,194,287 entries) takes a second or more per build: it gets its own
+# non-hypothesis checks in tests/test_ring_derive.py and tests/test_ring.py.
+EXACT = ("maglev", "hashring", "rendezvous")
 SEEDISH = ("seed", "seed-alt")
 
 _rng = random.Random(99)
@@ -147,8 +148,12 @@ def test_seed_highest_id_changes_are_minimal(
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(names_=member_names.filter(lambda n: len(n) > 1), data=st.data())
 def test_default_family_moved_fraction_is_bounded(names_: list[str], data: st.DataObject) -> None:
-    """Over the whole key space (every table entry): N is the larger ring, ideal is 1/N."""
-    family = make_family(DEFAULT_FAMILY)
+    """Over the whole key space (every table entry): N is the larger ring, ideal is 1/N.
+
+    The default rule on a 65537-entry table: the rule does not depend on the size, and the
+    default's 4,194,287 entries would make each example take seconds.
+    """
+    family = make_family(DEFAULT_FAMILY, slots=65537)
     members = members_of(names_)
     n = len(members)
     changed = data.draw(st.sampled_from(names_))

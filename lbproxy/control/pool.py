@@ -7,7 +7,9 @@ on Docker or on a process spawn.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -17,9 +19,18 @@ from lbproxy.backends.base import ReplicaHandle
 from lbproxy.control.events import EventLog
 from lbproxy.errors import EmptyRingError
 from lbproxy.ring import Ring, RingFamily
+from lbproxy.ring.offload import RingBuilder, build_ring
 
-#: Rings kept for reuse; each Maglev table is about 1 MB.
+log = logging.getLogger(__name__)
+
+#: Rings kept for reuse. Rings derived by a removal share their table with the ring they
+#: came from, so most entries cost nothing; a distinct Maglev table is 8-16 MB.
 _RECENT_RINGS = 4
+#: Seconds before a failed background build is tried again.
+_BUILD_RETRY = 1.0
+
+#: What a ring is built from: (name, ring id, weight) of every member on it.
+RingKey = frozenset[tuple[str, int, int]]
 
 
 class ReplicaState(enum.StrEnum):
@@ -80,6 +91,7 @@ class Replica:
     ejections: int = 0
     ejected_until: float = 0.0  # monotonic time before which an ejected member stays out
     by_status: dict[int, int] = field(default_factory=dict)
+    weight: int = 1  # share of the keys relative to the others (maglev, hashring)
 
     @property
     def handle(self) -> ReplicaHandle | None:
@@ -101,6 +113,7 @@ class Replica:
             "served": self.served_total,
             "incarnations": self.incarnations,
             "ejections": self.ejections,
+            "weight": self.weight,
         }
 
 
@@ -108,15 +121,28 @@ class Pool:
     """Members (the target set, in join order) and the ring over those that are UP."""
 
     def __init__(
-        self, family: RingFamily, events: EventLog | None = None, *, eject_after: int = 0
+        self,
+        family: RingFamily,
+        events: EventLog | None = None,
+        *,
+        eject_after: int = 0,
+        builder: RingBuilder | None = None,
     ) -> None:
+        """``builder``: where rings are built. With one (the balancer), builds run off the
+        event loop and the current ring serves until the new one is in; without one (unit
+        tests, tools), they run inline and every change is visible at once."""
         self.family = family
         self.events = events if events is not None else EventLog()
         self.eject_after = eject_after
         self._members: dict[str, Replica] = {}
         self._ring: Ring = family.build({})
-        self.ring_builds = 0
-        self._recent_rings: dict[frozenset[tuple[str, int]], Ring] = {}
+        self._builder = builder
+        self._ring_key: RingKey = frozenset()
+        self._target: RingKey = frozenset()
+        self._build_task: asyncio.Task[None] | None = None
+        self.ring_builds = 0  # full builds (inline or in the worker)
+        self.ring_derivations = 0  # removals derived from the ring in use
+        self._recent_rings: dict[RingKey, Ring] = {}
 
     # -- reads (the request path) ------------------------------------------------------
 
@@ -185,8 +211,14 @@ class Pool:
     def check_placeable(self, new_names: list[str]) -> None:
         """Raise ``RingFullError`` if the ring could not hold every member plus these names.
 
-        Checked before anything is launched, so a full seed ring rejects /add cleanly.
+        Checked before anything is launched, so a full ring rejects /add cleanly. Families
+        that can tell by arithmetic (Maglev: one entry each at least) do; the seed family,
+        whose probing decides, builds its 512-slot ring (microseconds).
         """
+        check = getattr(self.family, "check_placeable", None)
+        if check is not None:
+            check(len(self._members) + len(new_names))
+            return
         members = {r.name: r.ring_id for r in self._members.values()}
         members.update(zip(new_names, self._free_ring_ids(len(new_names)), strict=True))
         self.family.build(members)
@@ -304,27 +336,120 @@ class Pool:
             replica.failures = 0
             self.mark_up(replica)
 
-    def _rebuild(self) -> None:
-        """Swap in the ring over the UP members, reusing a recent build of the same set.
+    # -- the ring (never a build on the event loop when a builder is set) -------------------
 
-        A failure and its replacement flip between two member sets (without the dead
-        replica, then with it again under the same name and ring id); rings are immutable,
-        so the second switch reuses the earlier table instead of holding the event loop
-        for another build (tens of milliseconds for a 65537-entry Maglev table).
+    def _rebuild(self) -> None:
+        """Point the ring at the UP members: reuse, derive, or build off the loop.
+
+        In order: a recent ring of the same members (a replacement or a readmission flips
+        back to the set it left); a removal derived from the ring in use (O(1) for Maglev
+        and the hash ring, identical to a rebuild); otherwise a build, in the worker when
+        the pool has a builder, during which the current ring (minus anything that left)
+        keeps serving; ``pick`` skips members that are not UP in any case.
         """
-        up = {r.name: r.ring_id for r in self._members.values() if r.state is ReplicaState.UP}
-        key = frozenset(up.items())
-        ring = self._recent_rings.pop(key, None)
-        if ring is None:
-            ring = self.family.build(up)
+        up = [r for r in self._members.values() if r.state is ReplicaState.UP]
+        key: RingKey = frozenset((r.name, r.ring_id, r.weight) for r in up)
+        self._target = key
+        if key == self._ring_key:
+            return
+        cached = self._recent_rings.get(key)
+        if cached is not None:
+            self._install(key, cached)
+            return
+        names = {r.name for r in up}
+        derived = self._derive(self._ring, self._ring_key, names)
+        if derived is not None:
+            ring, ring_key = derived
+            self._install(ring_key, ring)
+            if ring_key == key and getattr(ring, "exact", True):
+                return
+        if self._builder is None or not getattr(self.family, "offload", False):
+            members, weights = _split(key)
+            self._install(key, build_ring(self.family, members, weights))
             self.ring_builds += 1
+            return
+        self._schedule_build()
+
+    def _derive(
+        self, ring: Ring, ring_key: RingKey, names: set[str]
+    ) -> tuple[Ring, RingKey] | None:
+        """``ring`` without the members not in ``names``, if any left and it can be derived."""
+        gone = ring.names - names
+        without = getattr(ring, "without", None)
+        if not gone or without is None or gone == ring.names:
+            return None
+        derived: Ring | None = without(gone)
+        if derived is None:
+            return None
+        self.ring_derivations += 1
+        return derived, frozenset(m for m in ring_key if m[0] not in gone)
+
+    def _install(self, key: RingKey, ring: Ring) -> None:
+        self._recent_rings.pop(key, None)
         self._recent_rings[key] = ring
         while len(self._recent_rings) > _RECENT_RINGS:
             del self._recent_rings[next(iter(self._recent_rings))]
         self._ring = ring
+        self._ring_key = key
+
+    def _schedule_build(self) -> None:
+        if self._build_task is None or self._build_task.done():
+            self._build_task = asyncio.get_running_loop().create_task(
+                self._build_until_current(), name="ring-build"
+            )
+
+    async def _build_until_current(self) -> None:
+        """Build the target ring in the worker; again if the target moved meanwhile."""
+        assert self._builder is not None
+        while self._target != self._ring_key:
+            key = self._target
+            members, weights = _split(key)
+            started = time.monotonic()
+            try:
+                ring = await self._builder.build(self.family, members, weights)
+            except Exception as exc:
+                log.exception("ring build failed; retrying in %.0fs", _BUILD_RETRY)
+                self.events.emit("ring_build_failed", "", str(exc))
+                await asyncio.sleep(_BUILD_RETRY)
+                continue
+            self.ring_builds += 1
+            log.debug("ring of %d built in %.3fs", len(members), time.monotonic() - started)
+            if self._target == key:
+                self._install(key, ring)
+                return
+            # Members left while it was built: derive from the new ring if that is exact.
+            self._recent_rings[key] = ring
+            target_names = {m[0] for m in self._target}
+            derived = self._derive(ring, key, target_names)
+            if derived is not None and derived[1] == self._target:
+                if getattr(derived[0], "exact", True):
+                    self._install(derived[1], derived[0])
+                    return
+
+    async def settled(self) -> None:
+        """Return once the ring in use is the ring over the UP members (built if need be)."""
+        while self._target != self._ring_key:
+            if self._build_task is None or self._build_task.done():
+                self._schedule_build()
+            assert self._build_task is not None
+            await asyncio.shield(self._build_task)
+
+    def close(self) -> None:
+        """Stop a background build and the build worker."""
+        if self._build_task is not None:
+            self._build_task.cancel()
+        if self._builder is not None:
+            self._builder.close()
 
     def has_up(self) -> bool:
         return bool(self._ring.names)
+
+
+def _split(key: RingKey) -> tuple[dict[str, int], dict[str, int] | None]:
+    """Members ``{name: ring id}`` and weights (None when every weight is 1) of a key."""
+    members = {name: ring_id for name, ring_id, _ in key}
+    weights = {name: weight for name, _, weight in key}
+    return members, (weights if any(w != 1 for w in weights.values()) else None)
 
 
 __all__ = ["EmptyRingError", "Incarnation", "Pool", "Replica", "ReplicaState"]

@@ -321,6 +321,7 @@ class Reconciler:
                 raise first
             raise BackendError(f"could not start replicas: {first}") from first
         self._pool.mark_up(*replicas)
+        await self._pool.settled()  # answer once they are on the ring (built off the loop)
 
     async def _roll_back(self, replicas: list[Replica], started: list[ReplicaHandle]) -> None:
         await asyncio.gather(*(self._stop_handle(h, timeout=1.0) for h in started))

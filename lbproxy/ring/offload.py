@@ -1,0 +1,113 @@
+"""Ring builds off the event loop, in a worker process.
+
+A Maglev build walks millions of table entries; on the event loop it would stall every
+request for its duration, and in a thread the GIL would still hand the loop only slices.
+So the pool hands builds to one worker process (Envoy likewise builds its load-balancer
+tables off the worker threads) and keeps serving from the current ring until the new one
+arrives. The ring comes back pickled as a few flat arrays, so taking it in costs the loop a
+memory copy, not a build.
+
+The worker is started on first use with the ``spawn`` method (no copy of the balancer's
+threads or sockets), is shared by every pool in the process (a balancer has one; a test
+session has many, and the worker keeps its per-table-size rank tables between them), dies
+with the balancer (the parent-death signal on Linux; otherwise it sees its pipe close and
+``concurrent.futures`` stops it at exit) and is restarted if it dies on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import signal
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from lbproxy.ring.base import Ring, RingFamily
+
+__all__ = ["RingBuilder", "build_ring", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_init() -> None:  # pragma: no cover - runs in the worker process
+    """Die with the balancer, and leave Ctrl-C to it (the balancer stops the worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def build_ring(
+    family: RingFamily, members: Mapping[str, int], weights: Mapping[str, int] | None
+) -> Ring:
+    """``family.build`` with weights when there are any (the worker's entry point)."""
+    if weights:
+        return family.build(members, weights)  # type: ignore[call-arg]
+    return family.build(members)
+
+
+_executor: ProcessPoolExecutor | None = None
+
+
+def _pool() -> ProcessPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+        )
+    return _executor
+
+
+def _discard(broken: ProcessPoolExecutor) -> None:
+    global _executor
+    if _executor is broken:
+        _executor = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+def shutdown() -> None:
+    """Stop the build worker now (it is also stopped at interpreter exit)."""
+    if _executor is not None:
+        _discard(_executor)
+
+
+class RingBuilder:
+    """Builds rings in the worker process; ``build`` awaits without blocking the loop."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+
+    async def build(
+        self,
+        family: RingFamily,
+        members: Mapping[str, int],
+        weights: Mapping[str, int] | None = None,
+    ) -> Ring:
+        """The ring over ``members``, built in the worker; restarts a worker that died once."""
+        loop = asyncio.get_running_loop()
+        args = (family, dict(members), dict(weights) if weights else None)
+        for attempt in (1, 2):
+            executor = _pool()
+            try:
+                ring = await loop.run_in_executor(executor, build_ring, *args)
+            except BrokenProcessPool:
+                log.warning("the ring build worker died; starting another (attempt %d)", attempt)
+                _discard(executor)
+                if attempt == 2:
+                    raise
+                continue
+            self.builds += 1
+            return ring
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Nothing to release per builder: the worker is shared (see ``shutdown``)."""

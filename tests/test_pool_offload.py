@@ -1,0 +1,77 @@
+"""The pool builds rings in the worker process and derives removals at once (issue 10).
+
+Additions: the ring in use keeps serving until the worker's ring is in (nothing is built
+on the event loop). Removals (death, ejection, /rm): derived from the ring in use, in the
+same call. A removal while a build is in flight ends on the exact ring of the survivors.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lbproxy.backends.base import ReplicaHandle
+from lbproxy.control.pool import Pool, Replica, ReplicaState
+from lbproxy.ring import make_family
+from lbproxy.ring.offload import RingBuilder
+
+pytestmark = pytest.mark.process  # the builds run in a worker process
+
+KEYS = [str(k) for k in range(100_000, 103_000)]
+
+
+def _join(pool: Pool, name: str) -> Replica:
+    replica = pool.add(name)
+    pool.set_handle(
+        replica, ReplicaHandle(name, f"http://127.0.0.1:{1000 + replica.ring_id}", name)
+    )
+    return replica
+
+
+async def test_addition_is_built_off_the_loop_and_removal_is_derived() -> None:
+    family = make_family("maglev", slots=65537)
+    pool = Pool(family, eject_after=1, builder=RingBuilder())
+    first = [_join(pool, f"Server {i}") for i in (1, 2, 3)]
+    pool.mark_up(*first)
+    assert pool.ring.names == frozenset()  # the worker has it; nothing built inline
+    await pool.settled()
+    assert pool.ring.names == {"Server 1", "Server 2", "Server 3"}
+    builds = pool.ring_builds
+
+    fourth = _join(pool, "Server 4")
+    pool.mark_up(fourth)
+    assert fourth.state is ReplicaState.UP and "Server 4" not in pool.ring.names
+    assert all(r.name != "Server 4" for k in KEYS[:200] for r in pool.pick(k))
+    await pool.settled()
+    assert "Server 4" in pool.ring.names and pool.ring_builds == builds + 1
+
+    # a death: off the ring in the same call, derived, identical to a build
+    assert pool.mark_down(first[1], "died")
+    assert pool.ring.names == {"Server 1", "Server 3", "Server 4"}
+    assert pool.ring_builds == builds + 1 and pool.ring_derivations == 1
+    fresh = family.build({"Server 1": 1, "Server 3": 3, "Server 4": 4})
+    assert all(pool.ring.lookup(k) == fresh.lookup(k) for k in KEYS)
+
+    # an ejection inside a response callback: derived too, never a build
+    pool.note_failure(first[2], "status 500")
+    assert first[2].state is ReplicaState.EJECTED and "Server 3" not in pool.ring.names
+    assert pool.ring_builds == builds + 1
+    pool.readmit(first[2])  # back to a ring it had: reused, not built
+    assert "Server 3" in pool.ring.names and pool.ring_builds == builds + 1
+    pool.close()
+
+
+async def test_removal_during_a_build_ends_on_the_survivors_ring() -> None:
+    family = make_family("maglev", slots=65537)
+    pool = Pool(family, builder=RingBuilder())
+    first = [_join(pool, f"Server {i}") for i in (1, 2, 3)]
+    pool.mark_up(*first)
+    await pool.settled()
+    late = [_join(pool, f"Server {i}") for i in (4, 5)]
+    pool.mark_up(*late)  # a build starts in the worker
+    pool.remove("Server 1")  # derived now from the ring in use
+    assert pool.ring.names == {"Server 2", "Server 3"}
+    await pool.settled()
+    assert pool.ring.names == {"Server 2", "Server 3", "Server 4", "Server 5"}
+    fresh = family.build({f"Server {i}": i for i in (2, 3, 4, 5)})
+    assert all(pool.ring.lookup(k) == fresh.lookup(k) for k in KEYS)
+    pool.close()
