@@ -600,6 +600,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 1
     finally:
         loop.close()
+        from lbproxy.ring.offload import shutdown
+
+        shutdown()  # a build still running must not hold the exit up
     return 0
 
 

@@ -19,8 +19,9 @@ from lbproxy.cli import main
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Imports that belong to the tooling, never to the balancer.
-TOOLING = ("lbproxy_tools", "tqdm", "matplotlib", "numpy")
+#: Imports that belong to the tooling, never to the balancer. (numpy is the balancer's
+#: since issue 10: the build worker fills the 4,194,287-entry Maglev table with it.)
+TOOLING = ("lbproxy_tools", "tqdm", "matplotlib")
 
 
 def test_the_lbproxy_distribution_finds_only_the_balancer_packages() -> None:

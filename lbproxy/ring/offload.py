@@ -75,9 +75,18 @@ def _discard(broken: ProcessPoolExecutor) -> None:
 
 
 def shutdown() -> None:
-    """Stop the build worker now (it is also stopped at interpreter exit)."""
-    if _executor is not None:
-        _discard(_executor)
+    """Stop the build worker now, a build in progress included.
+
+    ``concurrent.futures`` would otherwise wait at interpreter exit for the build it is
+    running (seconds for a large table) before the balancer process could end.
+    """
+    executor = _executor
+    if executor is None:
+        return
+    for process in list(getattr(executor, "_processes", {}).values()):
+        with contextlib.suppress(OSError):
+            process.terminate()
+    _discard(executor)
 
 
 class RingBuilder:
