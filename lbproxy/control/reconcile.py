@@ -251,6 +251,7 @@ class Reconciler:
                             raise result  # cancelled: the caller is shutting down
                         self._launch_failed(member, result)
                 self._pool.mark_up(*up)
+                await self._pool.settled()  # the ring is built off the loop
                 if len(up) < len(members):
                     log.warning(
                         "serving with %d of %d replicas; the others are retried with backoff",
