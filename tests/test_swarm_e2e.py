@@ -269,10 +269,25 @@ async def _until(session: aiohttp.ClientSession, url: str, ok: Any) -> float:
     raise AssertionError(f"{url} did not converge within 10 s")
 
 
+def _task_times(service: str, since: float) -> list[tuple[str, float]]:
+    """The engine's view: when the service's newest task was created and started running."""
+    from lbproxy.backends.swarm import _parse_time
+
+    task = sh("docker", "service", "ps", "-q", "--no-trunc", service).split()[0]
+    created, state_at = sh(
+        "docker", "inspect", "--format", "{{json .CreatedAt}} {{json .Status.Timestamp}}", task
+    ).replace('"', "").split()  # fmt: skip
+    return [
+        ("swarm:task_created", round(_parse_time(created) - since, 2)),
+        ("swarm:task_state", round(_parse_time(state_at) - since, 2)),
+    ]
+
+
 async def test_docker_kill_of_a_replica_under_load(deployed: Deployed) -> None:
     """Swarm replaces it under the same name and ring id; no client request fails."""
     a = _url(deployed.a_port)
     times: list[float] = []
+    timeline: list[list[tuple[str, float]]] = []
     async with aiohttp.ClientSession() as s:
         async with s.get(a + "/lbproxy/status") as r:
             replicas = {x["name"]: x for x in (await r.json())["message"]["replicas"]}
@@ -287,7 +302,9 @@ async def test_docker_kill_of_a_replica_under_load(deployed: Deployed) -> None:
         try:
             for _ in range(5):
                 container = _task_container(f"{STACK}_{victim}")
-                killed = time.monotonic()
+                async with s.get(a + "/lbproxy/events") as r:
+                    seq = max((e["seq"] for e in (await r.json())["message"]), default=0)
+                killed, killed_wall = time.monotonic(), time.time()
                 sh("docker", "kill", container)
                 while True:
                     async with s.get(a + "/home", headers={"X-Request-ID": str(key)}) as r:
@@ -298,6 +315,16 @@ async def test_docker_kill_of_a_replica_under_load(deployed: Deployed) -> None:
                         break
                     assert time.monotonic() - killed < 30, "no replacement within 30 s"
                     await asyncio.sleep(0.01)
+                # where the time went: the balancer's view of the victim, from the kill on
+                async with s.get(a + "/lbproxy/events", params={"since": str(seq)}) as r:
+                    timeline.append(
+                        [
+                            (e["kind"], round(e["time"] - killed_wall, 2))
+                            for e in (await r.json())["message"]
+                            if e["replica"] == victim
+                        ]
+                        + _task_times(f"{STACK}_{victim}", killed_wall)
+                    )
                 assert _task_container(f"{STACK}_{victim}") != container
         finally:
             stop.set()
@@ -307,6 +334,8 @@ async def test_docker_kill_of_a_replica_under_load(deployed: Deployed) -> None:
     print(f"\ndocker kill -> first response from the replacement: "
           f"median {statistics.median(times):.2f}s of {[round(t, 2) for t in times]}; "
           f"load {result.completed} requests, errors {result.errors}")  # fmt: skip
+    for events in timeline:
+        print("  balancer's events (s after the kill):", events)
     assert after[victim]["ring_id"] == ring_id
     assert sorted(after) == sorted(replicas)
     assert result.completed > 0 and result.errors == {}, result.errors
