@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import httptools
 
 from lbproxy.backends.base import DeathCallback, ReplicaHandle
-from lbproxy.backends.process import ProcessBackend, free_loopback_port
+from lbproxy.backends.process import ProcessBackend
 from lbproxy.config import Config, ProxyConfig
 from lbproxy.server import BalancerServer
+from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import fast_config
 
 #: Upper bound on any single wait: a hang guard, never a performance claim.

@@ -10,9 +10,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lbproxy.backends.process import free_loopback_port
 from lbproxy.config import HealthConfig
 from lbproxy.control.health import probe, wait_ready
+from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, wait_for
 
 pytestmark = pytest.mark.inprocess

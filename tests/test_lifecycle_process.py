@@ -17,9 +17,15 @@ import aiohttp
 import pytest
 
 from lbproxy.backends.base import BackendEvent
-from lbproxy.backends.process import ProcessBackend, free_loopback_port
+from lbproxy.backends.process import ProcessBackend
 from lbproxy.config import Config
-from lbproxy_tools.launcher import clean_env, pid_alive, serve_command, wait_http
+from lbproxy_tools.launcher import (
+    clean_env,
+    free_loopback_port,
+    pid_alive,
+    serve_command,
+    wait_http,
+)
 
 pytestmark = pytest.mark.process
 

@@ -60,3 +60,16 @@ def test_a_tool_command_without_the_tools_says_what_to_install(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'lbproxy[tools]'" in err
+
+
+def test_tests_and_benches_take_process_helpers_from_the_tools() -> None:
+    """One home for the process and port helpers: lbproxy_tools.launcher (which shares the
+    process backend's port picker), not the balancer's backend module."""
+    offenders = []
+    for path in sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "bench").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "lbproxy.backends.process":
+                helpers = [a.name for a in node.names if a.name != "ProcessBackend"]
+                if helpers:
+                    offenders.append(f"{path.relative_to(ROOT)}: {', '.join(helpers)}")
+    assert offenders == []

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from lbproxy.backends.process import free_loopback_port
+from lbproxy_tools.launcher import free_loopback_port
 from server_app import create_app
 from server_app.work import Work
 

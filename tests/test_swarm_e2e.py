@@ -27,8 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from lbproxy.backends.process import free_loopback_port
-from lbproxy_tools.launcher import docker_engine_answers
+from lbproxy_tools.launcher import docker_engine_answers, free_loopback_port
 from lbproxy_tools.loadtest import LoadResult, make_ids, run_load
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

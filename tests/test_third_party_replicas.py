@@ -152,7 +152,8 @@ async def test_stock_python_image_as_docker_replicas() -> None:
     if not docker_engine_answers():
         pytest.skip("no Docker engine answers")
     if not _docker("image", "inspect", IMAGE, check=False):
-        pytest.skip(f"{IMAGE} is not on this engine")
+        # The engine answers, so this must run: fail, never skip (ensure-images provides it).
+        pytest.fail(f"{IMAGE} is not on this engine: bash scripts/ensure-images.sh provides it")
     run = uuid.uuid4().hex[:8]
     pool, network = f"lbproxy-3p-{run}", f"lbproxy-3p-net-{run}"
     flags = [
