@@ -56,7 +56,8 @@ from common import (
     run_main,
     wait_http,
 )
-from lbproxy.launcher import clean_env
+
+from lbproxy_tools.launcher import clean_env
 
 HELLO = "Hello from Server: "
 
@@ -354,7 +355,12 @@ async def main():
     shares = list(ring.shares().values())
     balance = max(shares) / (sum(shares) / len(shares))
 
-    pool = Pool(family, eject_after=1)
+    try:  # builds off the loop where the tree has a builder (issue 10)
+        from lbproxy.ring.offload import RingBuilder
+        options = {"builder": RingBuilder()}
+    except ImportError:
+        options = {}
+    pool = Pool(family, eject_after=1, **options)
     reps = [pool.add(name, rid) for name, rid in members.items()]
     for r in reps:
         pool.set_handle(r, handle(r.name))
@@ -380,6 +386,11 @@ async def main():
         rows[name] = {"stall_ms": stall[0] * 1000, "call_ms": call_ms,
                       "until_ms": until * 1000}
 
+    # The same wait with nothing happening: what the OS scheduler alone costs the loop on
+    # this machine over a window as long as a build's (the worker takes a core meanwhile).
+    idle_until = [0.0]
+    await measure("idle", lambda: idle_until.__setitem__(0, loop.time() + 3.0),
+                  lambda: loop.time() >= idle_until[0])
     new = pool.add("replica-new")
     pool.set_handle(new, handle(new.name))
     await measure("add", lambda: pool.mark_up(new), lambda: "replica-new" in pool.ring.names)
@@ -467,7 +478,7 @@ def main() -> int:
                 f"| {r['max_ms']:.1f} | {r['p99_ms']:.1f} | {r['took_ms']:.0f} |"
             )
     if ring_rows:
-        kinds = ("add", "remove", "death", "replacement", "eject", "readmit")
+        kinds = ("idle", "add", "remove", "death", "replacement", "eject", "readmit")
         print(
             "\n| tree | N | build ms | ring MiB | max/mean share | "
             + " | ".join(f"{k} stall ms (on ring after)" for k in kinds)

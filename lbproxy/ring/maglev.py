@@ -145,9 +145,9 @@ class MaglevRing:
         self,
         family: str,
         slots: tuple[str, ...],
-        table: array[int],
+        table: array[int] | memoryview,
         bits: int,
-        pairs: tuple[array[int], array[int]] | None,
+        pairs: tuple[array[int] | memoryview, array[int] | memoryview] | None,
         *,
         gone: frozenset[int] = frozenset(),
         weights: tuple[int, ...] | None = None,
@@ -171,6 +171,23 @@ class MaglevRing:
 
     def __repr__(self) -> str:
         return f"<MaglevRing family={self.family!r} M={self._m} replicas={self._count}>"
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle the arrays as plain bytes: unpickling (on the balancer's side of the build
+        worker's pipe, holding the GIL) is then one copy, not two, and they are used in
+        place through a memoryview."""
+        pairs = None if self._pairs is None else tuple(bytes(a) for a in self._pairs)
+        state = (self._gone, self._weights, self.exact)
+        code = "H" if self._table.itemsize == 2 else "I"
+        return _restore, (
+            self.family,
+            self._slots,
+            bytes(self._table),
+            code,
+            self._bits,
+            pairs,
+            state,
+        )
 
     @property
     def names(self) -> frozenset[str]:
@@ -207,7 +224,7 @@ class MaglevRing:
     def owners(self) -> Any:
         """The owner's slot index of every entry, as a numpy array (for checks and tools)."""
         np = _numpy()
-        dtype = np.uint16 if self._table.typecode == "H" else np.uint32
+        dtype = np.uint16 if self._table.itemsize == 2 else np.uint32
         pairs = np.frombuffer(self._table, dtype=dtype).astype(np.int64)
         owner = pairs >> self._bits
         if self._gone:
@@ -380,8 +397,25 @@ class MaglevRing:
         return True
 
 
+def _restore(
+    family: str,
+    slots: tuple[str, ...],
+    table: bytes,
+    code: str,
+    bits: int,
+    pairs: tuple[bytes, bytes] | None,
+    state: tuple[frozenset[int], tuple[int, ...] | None, bool],
+) -> MaglevRing:
+    gone, weights, exact = state
+    views = (
+        None if pairs is None else (memoryview(pairs[0]).cast("I"), memoryview(pairs[1]).cast("I"))
+    )
+    view = memoryview(table).cast("H") if code == "H" else memoryview(table).cast("I")
+    return MaglevRing(family, slots, view, bits, views, gone=gone, weights=weights, exact=exact)
+
+
 class MaglevFamily:
-    """Maglev tables of a prime size ``slots`` (default 2,097,143); ``vnodes`` does not apply."""
+    """Maglev tables of a prime size ``slots`` (default 4,194,287); ``vnodes`` does not apply."""
 
     #: Builds take 0.1-2 s in pure Python: the pool runs them in a worker process.
     offload = True
