@@ -491,7 +491,10 @@ class Exchange:
         if self.attempts > 1:
             front.stats.retries += 1
         self.replica = replica
-        self._charge(replica)
+        if self.charged is not None:
+            self._discharge()
+        replica.in_flight += 1
+        self.charged = replica
         # An idle connection (LIFO), else a slot under --max-conns-per-replica (then
         # on_connect_slot opens one), else a place in the replica's FIFO queue.
         conn = front.upstreams.acquire(replica.url, self, front.config.max_conns_per_replica)
@@ -626,11 +629,6 @@ class Exchange:
         self._discharge()
         self.replica = None
 
-    def _charge(self, replica: Replica) -> None:
-        self._discharge()
-        replica.in_flight += 1
-        self.charged = replica
-
     def _discharge(self) -> None:
         charged = self.charged
         if charged is not None:
@@ -696,7 +694,7 @@ class Exchange:
             return
         has_length = False
         codings: tuple[bytes, ...] = ()
-        lines = [framing.status_line(status, self.resp_reason)]
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, self.resp_reason or framing.reason(status))]
         append = lines.append
         tokens = self.resp_conn_tokens
         for name, value in self.resp_headers:
@@ -965,7 +963,14 @@ class Exchange:
             if reusable and client.writing_paused:
                 conn.set_reading(True)  # never pool a connection we paused for this client
             conn.release(reusable)
-        self._settle()
+        # _settle, inlined on the hot path
+        charged = self.charged
+        if charged is not None:
+            self.charged = None
+            charged.in_flight -= 1
+        if self.counted:
+            self.counted = False
+            front.in_flight -= 1
         replica = self.replica
         if replica is not None and not self.control:
             status = self.resp_status
