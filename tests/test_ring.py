@@ -130,6 +130,7 @@ def test_default_balance_at_three() -> None:
         assert max_mean(list(ring.shares().values())) <= 1.005
 
 
+@pytest.mark.slow  # full-size default tables at N = 100 and 1000: 10-20 s on a busy machine
 @pytest.mark.parametrize("n", [100, 1000])
 def test_default_spread_stays_near_ideal_random(n: int) -> None:
     ring = make_family(DEFAULT_FAMILY).build(servers(n))

@@ -80,6 +80,7 @@ def test_maglev_removal_derived_equals_rebuild(members: list[str], data: st.Data
         assert sorted(derived.candidates(key)) == sorted(rebuilt.names)
 
 
+@pytest.mark.slow  # every single removal at the default table size: ~15 s
 def test_single_removal_is_always_exact_at_the_default_size() -> None:
     """The default table, the case that matters: one death or ejection at a time."""
     family = make_family("maglev")
