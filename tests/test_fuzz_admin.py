@@ -154,9 +154,16 @@ class PoolModel:
         self.accepted: Counter[str] = Counter()
 
     @staticmethod
-    def _change(body: object) -> tuple[int, list[str]] | None:
-        """(n, hostnames) when ``body`` is a valid change request, else None."""
-        if not isinstance(body, dict) or set(body) - {"n", "hostnames"}:
+    def _change(body: object, add: bool = False) -> tuple[int, list[str]] | None:
+        """(n, hostnames) when ``body`` is a valid change request, else None.
+
+        /add also takes an optional ``weight`` (an integer from 1 to 100; issue 11).
+        """
+        allowed = {"n", "hostnames", "weight"} if add else {"n", "hostnames"}
+        if not isinstance(body, dict) or set(body) - allowed:
+            return None
+        weight = body.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 100:
             return None
         n = body.get("n")
         hostnames = body.get("hostnames")
@@ -171,7 +178,7 @@ class PoolModel:
     def observe(self, label: str, body: object, status: int, answer: Any) -> None:
         if label not in ("POST /add", "DELETE /rm"):
             return
-        change = self._change(body)
+        change = self._change(body, label == "POST /add")
         if status == 400 and change is not None and len(change[1]) > change[0]:
             expected = ADD_TOO_MANY if label == "POST /add" else RM_TOO_MANY
             assert answer == {"message": expected, "status": "failure"}, answer

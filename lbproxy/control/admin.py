@@ -57,8 +57,28 @@ def _guard(handler: Handler, token: str | None = None) -> Handler:
     return wrapped
 
 
-async def _read_change(request: web.Request) -> tuple[int, list[str]]:
-    """Parse ``{"n": int, "hostnames": [str, ...]}`` strictly; BadRequest on anything else."""
+async def _read_json(request: web.Request) -> Any:
+    """The request's JSON body (bounded); BadRequest when it is not JSON."""
+    if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
+        raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
+    raw = await request.content.read(MAX_ADMIN_BODY + 1)
+    if len(raw) > MAX_ADMIN_BODY:
+        raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
+    try:
+        return json.loads(raw or b"null")
+    except RecursionError as exc:
+        raise BadRequest("body is nested too deeply") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON ({exc})") from exc
+
+
+async def _read_change(
+    request: web.Request, extra: frozenset[str] = frozenset()
+) -> tuple[int, list[str], dict[str, Any]]:
+    """Parse ``{"n": int, "hostnames": [str, ...]}`` strictly; BadRequest on anything else.
+
+    ``extra``: optional fields this call also accepts (``weight`` on /add), returned as is.
+    """
     if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
         raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
     raw = await request.content.read(MAX_ADMIN_BODY + 1)
@@ -74,7 +94,7 @@ async def _read_change(request: web.Request) -> tuple[int, list[str]]:
         ) from exc
     if not isinstance(payload, dict):
         raise BadRequest('body must be a JSON object such as {"n": 2, "hostnames": ["S5"]}')
-    unknown = set(payload) - {"n", "hostnames"}
+    unknown = set(payload) - {"n", "hostnames"} - extra
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}; expected n, hostnames")
     if "n" not in payload:
@@ -91,7 +111,7 @@ async def _read_change(request: web.Request) -> tuple[int, list[str]]:
         hostnames = []
     if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
         raise BadRequest('"hostnames" must be a list of strings')
-    return n, hostnames
+    return n, hostnames, {k: payload[k] for k in extra if k in payload}
 
 
 def answer_wrong_methods(app: web.Application) -> None:
@@ -135,18 +155,34 @@ class AdminRoutes:
         return web.json_response(rep_body(self._pool))
 
     async def add(self, request: web.Request) -> web.Response:
-        n, hostnames = await _read_change(request)
-        if len(hostnames) > n:
+        n, hostnames, extra = await _read_change(request, frozenset({"weight"}))
+        if len(hostnames) > n:  # SPEC's check first: its exact message
             return web.json_response({"message": ADD_TOO_MANY, "status": "failure"}, status=400)
-        await self._reconciler.add(n, hostnames)
+        weight = self._pool.check_weight(extra.get("weight", 1))
+        await self._reconciler.add(n, hostnames, weight)
         return web.json_response(rep_body(self._pool))
 
     async def rm(self, request: web.Request) -> web.Response:
-        n, hostnames = await _read_change(request)
+        n, hostnames, _ = await _read_change(request)
         if len(hostnames) > n:
             return web.json_response({"message": RM_TOO_MANY, "status": "failure"}, status=400)
         await self._reconciler.remove(n, hostnames)
         return web.json_response(rep_body(self._pool))
+
+    async def weight(self, request: web.Request) -> web.Response:
+        """``PUT /lbproxy/weight {"hostname": "S5", "weight": 3}``: answers once the ring
+        with the new weight is in use (it is built off the loop)."""
+        payload = await _read_json(request)
+        if not isinstance(payload, dict) or set(payload) != {"hostname", "weight"}:
+            raise BadRequest('body must be {"hostname": "<name>", "weight": <1..100>}')
+        name = payload["hostname"]
+        if not isinstance(name, str):
+            raise BadRequest('"hostname" must be a string')
+        replica = self._pool.set_weight(name, self._pool.check_weight(payload["weight"]))
+        await self._pool.settled()
+        return web.json_response(
+            {"message": {"hostname": name, "weight": replica.weight}, "status": "successful"}
+        )
 
     async def status(self, request: web.Request) -> web.Response:
         pool = self._pool
@@ -182,3 +218,4 @@ class AdminRoutes:
         app.router.add_delete("/rm", _guard(self.rm, self._token))
         app.router.add_get("/lbproxy/status", _guard(self.status))
         app.router.add_get("/lbproxy/events", _guard(self.events))
+        app.router.add_put("/lbproxy/weight", _guard(self.weight, self._token))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import math
 import time
@@ -17,11 +18,14 @@ from dataclasses import dataclass, field
 
 from lbproxy.backends.base import ReplicaHandle
 from lbproxy.control.events import EventLog
-from lbproxy.errors import EmptyRingError
+from lbproxy.errors import BadRequest, EmptyRingError, NotFound
 from lbproxy.ring import Ring, RingFamily
 from lbproxy.ring.offload import RingBuilder, build_ring
 
 log = logging.getLogger(__name__)
+
+#: Largest weight a replica can have (the Maglev and hash ring families).
+MAX_WEIGHT = 100
 
 #: Rings kept for reuse. Rings derived by a removal share their table with the ring they
 #: came from, so most entries cost nothing; a distinct Maglev table is 8-16 MB.
@@ -222,6 +226,31 @@ class Pool:
         members = {r.name: r.ring_id for r in self._members.values()}
         members.update(zip(new_names, self._free_ring_ids(len(new_names)), strict=True))
         self.family.build(members)
+
+    def check_weight(self, weight: object) -> int:
+        """``weight`` as a valid weight for this family, or ``BadRequest`` saying why."""
+        if isinstance(weight, bool) or not isinstance(weight, int):
+            raise BadRequest(f'"weight" must be an integer, got {json.dumps(weight)}')
+        if not 1 <= weight <= MAX_WEIGHT:
+            raise BadRequest(f'"weight" must be from 1 to {MAX_WEIGHT}, got {weight}')
+        if weight != 1 and not getattr(self.family, "weighted", False):
+            raise BadRequest(
+                f"the {self.family.name} ring does not take weights; "
+                "use --hash maglev or --hash hashring"
+            )
+        return weight
+
+    def set_weight(self, name: str, weight: int) -> Replica:
+        """Change a member's weight; its ring is rebuilt off the loop (keys move only to or
+        from it). Raises ``NotFound`` for an unknown name, ``BadRequest`` for a bad weight."""
+        replica = self._members.get(name)
+        if replica is None:
+            raise NotFound(f"hostname {name!r} is not in the pool")
+        replica.weight = self.check_weight(weight)
+        self.events.emit("weight", name, str(replica.weight))
+        if replica.state is ReplicaState.UP:
+            self._rebuild()
+        return replica
 
     def add(self, name: str, ring_id: int = 0) -> Replica:
         """Join ``name`` as STARTING (not on the ring until ``mark_up``).

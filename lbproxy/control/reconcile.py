@@ -273,18 +273,21 @@ class Reconciler:
             k += 1
         return names
 
-    async def add(self, count: int, hostnames: Sequence[str]) -> None:
-        """Launch ``count`` replicas (named ones first); all join the ring together or none do."""
+    async def add(self, count: int, hostnames: Sequence[str], weight: int = 1) -> None:
+        """Launch ``count`` replicas (named ones first); all join the ring together or none do.
+
+        ``weight``: each new replica's share of the keys relative to weight-1 replicas.
+        """
         async with self._lock:
             if self._closing:
                 raise BackendError("the balancer is shutting down", status=503)
             self._admin_task = asyncio.current_task()
             try:
-                await self._add_locked(count, hostnames)
+                await self._add_locked(count, hostnames, weight)
             finally:
                 self._admin_task = None
 
-    async def _add_locked(self, count: int, hostnames: Sequence[str]) -> None:
+    async def _add_locked(self, count: int, hostnames: Sequence[str], weight: int = 1) -> None:
         names = [self._backend.validate_name(h) for h in hostnames]
         if len(set(names)) != len(names):
             raise BadRequest("hostnames must be distinct")
@@ -302,6 +305,7 @@ class Reconciler:
         self._pool.check_placeable(names)
         replicas = [self._pool.add(name) for name in names]
         for replica in replicas:
+            replica.weight = weight
             self._pool.events.emit("added", replica.name)
         try:
             results = await asyncio.gather(

@@ -290,12 +290,14 @@ class SwarmReconciler(Reconciler):
         self._pool.events.emit("added", name, f"ring id {ring_id}")
         return ring_id
 
-    async def add(self, count: int, hostnames: Sequence[str]) -> None:
+    async def add(self, count: int, hostnames: Sequence[str], weight: int = 1) -> None:
         """Create ``count`` replica services (named ones first); answer once all pass heartbeats.
 
         All or nothing: if one cannot be created or does not come up in time, the ones this
-        call created are removed again.
+        call created are removed again. (``weight`` other than 1: not on Swarm yet.)
         """
+        if weight != 1:
+            raise BadRequest("weights at /add are not supported on the swarm backend yet")
         async with self._admin_lock:
             if self._stopping:
                 raise BackendError("the balancer is shutting down", status=503)

@@ -63,7 +63,7 @@ def _change_operation(kind: str) -> dict[str, Any]:
             "required": True,
             "content": {
                 _JSON: {
-                    "schema": _ref("ChangeRequest"),
+                    "schema": _ref("AddRequest" if add else "ChangeRequest"),
                     "example": _CHANGE_EXAMPLES[kind],
                 }
             },
@@ -163,6 +163,26 @@ _SCHEMAS: dict[str, Any] = {
                     "none). Names are 1-63 characters from letters, digits, '_', '.', "
                     "'-' starting with a letter or digit (the process backend also allows "
                     "inner spaces, as in 'Server 1'); a name the backend cannot run is a 400."
+                ),
+            },
+        },
+    },
+    "AddRequest": {
+        "type": "object",
+        "description": "The body of /add: /rm's fields and an optional weight.",
+        "required": ["n"],
+        "additionalProperties": False,
+        "properties": {
+            "n": {"$ref": "#/components/schemas/ChangeRequest/properties/n"},
+            "hostnames": {"$ref": "#/components/schemas/ChangeRequest/properties/hostnames"},
+            "weight": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 100,
+                "description": (
+                    "Each new replica's share of the keys relative to weight-1 replicas "
+                    "(default 1; maglev and hashring only: the seed families answer 400). "
+                    "Change it later with PUT /lbproxy/weight."
                 ),
             },
         },
