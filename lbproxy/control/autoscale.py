@@ -444,6 +444,8 @@ class Holdable(Protocol):
     def fail(self, status: int, message: str) -> None: ...
 
 
+#: How often held requests look for a routable ring (besides the replicas' 'up' events).
+_HOLD_POLL = 0.05
 #: Cold starts remembered for the status view and metrics.
 _COLD_STARTS_KEPT = 100
 
@@ -467,6 +469,7 @@ class ColdStartHold:
         self._queue: deque[tuple[float, Holdable]] = deque()
         self._timer: asyncio.TimerHandle | None = None
         self._release_soon: asyncio.Handle | None = None
+        self._poll: asyncio.TimerHandle | None = None
         self.cold_starts: deque[float] = deque(maxlen=_COLD_STARTS_KEPT)
         self.cold_start_count = 0
         self.held_total = 0
@@ -493,11 +496,29 @@ class ColdStartHold:
         self.held_total += 1
         if self._timer is None:
             self._timer = self._loop.call_later(self.config.hold_timeout, self._expire)
-        if self._pool.has_up():  # a replica came up between the relay's look and now
+        if self._routable():  # a replica came up between the relay's look and now
             self._schedule_release()
         else:
             self._wake()
+            if self._poll is None:
+                self._poll = self._loop.call_later(_HOLD_POLL, self._check)
         return True
+
+    def _routable(self) -> bool:
+        """A replica is UP and on the ring in use (ring builds may lag the pool)."""
+        names = self._pool.ring.names
+        return any(r.state is ReplicaState.UP and r.name in names for r in self._pool.replicas())
+
+    def _check(self) -> None:
+        """While requests wait: release them once the ring can route (catches ring swaps
+        that come after the replica's 'up' event when the ring is built in a worker)."""
+        self._poll = None
+        if not self._queue:
+            return
+        if self._routable():
+            self._schedule_release()
+        else:
+            self._poll = self._loop.call_later(_HOLD_POLL, self._check)
 
     def _on_event(self, event: Event) -> None:
         if event.kind == "up" and self._queue:
@@ -510,7 +531,9 @@ class ColdStartHold:
 
     def _release(self) -> None:
         self._release_soon = None
-        if not self._queue or not self._pool.has_up():
+        if not self._queue or not self._routable():
+            if self._queue and self._poll is None:
+                self._poll = self._loop.call_later(_HOLD_POLL, self._check)
             return
         queue, self._queue = self._queue, deque()
         if self._timer is not None:
@@ -550,7 +573,7 @@ class ColdStartHold:
     def close(self) -> None:
         """Shutdown: nothing will start any more; answer whoever still waits."""
         self._unsubscribe()
-        for handle in (self._timer, self._release_soon):
+        for handle in (self._timer, self._release_soon, self._poll):
             if handle is not None:
                 handle.cancel()
         queue, self._queue = self._queue, deque()

@@ -479,6 +479,9 @@ class Exchange:
         try:
             replica: Replica = next(candidates)  # type: ignore[call-overload]
         except StopIteration:
+            # Nobody up at all (a ring that still names removed replicas counts as empty).
+            if not self.attempts and front.on_empty is not None and front.on_empty(self):
+                return  # held until a replica is up (scale from zero); then reroute()
             self.fail(502 if self.attempts else 503, "no replica could take the request")
             return
         except EmptyRingError:
