@@ -38,6 +38,7 @@ from lbproxy.config import (
     HealthConfig,
     ProxyConfig,
     SwarmConfig,
+    admin_exposure,
 )
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
 
@@ -318,6 +319,18 @@ def _add_serve(sub: Any) -> None:
         help="require 'Authorization: Bearer TOKEN' on /add, /rm and other mutating calls",
     )
     p.env_option(
+        "--admin-token-file",
+        help="read the admin token from this file (a Docker secret under /run/secrets/)",
+    )
+    p.env_option(
+        "--insecure-admin",
+        type=boolean,
+        nargs="?",
+        const=True,
+        default=d.insecure_admin,
+        help="allow the admin endpoints on a non-loopback listener without a token",
+    )
+    p.env_option(
         "--admin-host", default=d.admin_host, help="address of the separate admin listener"
     )
     p.env_option(
@@ -453,6 +466,20 @@ def _add_replica_env(p: _EnvParser) -> None:
     p.set_defaults(replica_env_default=default)
 
 
+def _read_token_file(path: str | None) -> str | None:
+    """The token in ``path`` (surrounding whitespace dropped); ValueError if unreadable."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the admin token file {path!r}: {exc}") from exc
+    if not token:
+        raise ValueError(f"the admin token file {path!r} is empty")
+    return token
+
+
 def _constraint_list(text: str) -> tuple[str, ...]:
     """'node.role==worker, node.labels.zone==a' -> a tuple of constraints ('' -> none)."""
     return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -515,7 +542,8 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             trusted_proxies=args.trusted_proxies,
             upstream_idle_timeout=args.upstream_idle_timeout,
         ),
-        admin_token=args.admin_token or None,
+        admin_token=args.admin_token or _read_token_file(args.admin_token_file),
+        insecure_admin=args.insecure_admin,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
         tls_cert=args.tls_cert or None,
@@ -587,6 +615,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         logging.getLogger("lbproxy").error("bad settings: %s", exc)
+        return 2
+    exposure = admin_exposure(config)
+    if exposure is not None:
+        logging.getLogger("lbproxy").error("refusing to start: %s", exposure)
         return 2
     loop = new_event_loop(args.loop)
     asyncio.set_event_loop(loop)

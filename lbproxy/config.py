@@ -7,6 +7,7 @@ the application reads nothing else, so a test builds a ``Config`` and gets the s
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -195,6 +196,9 @@ class Config:
     #: PEM certificate chain and key: the public listener then speaks TLS only (HTTPS).
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: Serve the admin endpoints on a non-loopback public listener with no token anyway
+    #: (Traefik's ``api.insecure``). Off: such a balancer refuses to start (admin_exposure).
+    insecure_admin: bool = False
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
@@ -210,3 +214,35 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (tests use this to shrink intervals)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or "" (every address): assume reachable from outside
+
+
+def admin_exposure(config: Config) -> str | None:
+    """Why ``config`` would expose /add and /rm unprotected, or None when it does not.
+
+    The admin endpoints ride on the public listener unless ``admin_port`` moves them. On a
+    loopback address only this host reaches them; on any other address, anyone who reaches
+    the port could add or remove replicas, so a token, a separate admin listener or an
+    explicit ``--insecure-admin`` (Traefik's ``api.insecure``) is required.
+    """
+    if (
+        config.admin_token
+        or config.admin_port is not None
+        or config.insecure_admin
+        or _is_loopback(config.host)
+    ):
+        return None
+    return (
+        f"the admin endpoints (/add, /rm, ...) would be open to anyone who reaches "
+        f"{config.host or '*'}:{config.port}: set an admin token (LBPROXY_ADMIN_TOKEN, or "
+        "--admin-token-file with a Docker secret), move them to a separate listener "
+        "(--admin-port), or pass --insecure-admin to accept the exposure"
+    )

@@ -236,6 +236,11 @@ class ComposeStack:
     def lb_container(self) -> str:
         return self.run("ps", "-q", "lb").strip()
 
+    def admin_headers(self) -> dict[str, str]:
+        """The bearer header for /add and /rm: the token compose.yaml generated for the stack."""
+        token = self.run("exec", "-T", "lb", "cat", "/run/lbproxy-admin/token").strip()
+        return {"Authorization": f"Bearer {token}"}
+
     def remove_leftovers(self) -> None:
         """Force-remove this pool's containers and network (a crashed run's remains)."""
         ids = list(self.replicas(all_states=True).values())
@@ -283,7 +288,8 @@ def compose_stack(
         wait_http(stack.url + "/rep", timeout=up_timeout)
         yield stack
     finally:
-        stack.run("down", "--remove-orphans", "--timeout", "30", check=False)
+        # -v: the stack's admin-token volume goes too
+        stack.run("down", "-v", "--remove-orphans", "--timeout", "30", check=False)
 
 
 def docker_engine_answers() -> bool:

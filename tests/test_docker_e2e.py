@@ -156,7 +156,11 @@ async def test_docker_kill_under_load_is_replaced_without_failures(stack: Compos
 
 
 async def test_add_and_rm_create_and_remove_real_containers(stack: ComposeStack) -> None:
+    # compose.yaml wires a generated admin token: without it /add is refused
     async with aiohttp.ClientSession() as s:
+        async with s.post(stack.url + "/add", json={"n": 1, "hostnames": []}) as r:
+            assert r.status == 401, await r.text()
+    async with aiohttp.ClientSession(headers=stack.admin_headers()) as s:
         async with s.post(stack.url + "/add", json={"n": 2, "hostnames": ["e2e-s5"]}) as r:
             assert r.status == 200, await r.text()
             body = await r.json()
