@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import time
@@ -58,14 +59,15 @@ def _ids(kind: str) -> list[str]:
 
 
 def _leftovers() -> dict[str, list[str]]:
-    found = {kind: _ids(kind) for kind in ("service", "config", "network", "container")}
+    kinds = ("service", "config", "secret", "network", "container")
+    found = {kind: _ids(kind) for kind in kinds}
     return {kind: ids for kind, ids in found.items() if ids}
 
 
 def _remove_everything() -> None:
     """Force-remove whatever this module made (a failed run's remains), then wait."""
     sh("docker", "stack", "rm", STACK, check=False)
-    for kind in ("service", "config"):
+    for kind in ("service", "config", "secret"):
         ids = _ids(kind)
         if ids:
             sh("docker", kind, "rm", *ids, check=False)
@@ -121,6 +123,8 @@ class Deployed:
     b: str  # a second balancer service from the stack's own spec (another node's stand-in)
     a_port: int
     b_port: int
+    #: the bearer header for /add and /rm: the stack's Docker secret
+    admin: dict[str, str]
 
 
 async def _wait_rep(session: aiohttp.ClientSession, url: str, n: int, timeout: float) -> Any:
@@ -154,9 +158,21 @@ def _task_container(service: str) -> str:
     return ids[0]
 
 
-async def _deploy(a_port: int, b_port: int) -> Deployed:
+def _make_secret() -> tuple[str, str]:
+    """The stack's admin token as a Docker secret (labelled: `stack rm` removes it)."""
+    token = secrets.token_urlsafe(24)
+    secret = f"{STACK}_admin_token"
+    subprocess.run(
+        ["docker", "secret", "create", "--label", f"{NAMESPACE}={STACK}", secret, "-"],
+        input=token, text=True, capture_output=True, check=True,
+    )  # fmt: skip
+    return secret, token
+
+
+async def _deploy(a_port: int, b_port: int, secret: str, token: str) -> Deployed:
     env = dict(os.environ)
     env.update(
+        LBPROXY_ADMIN_SECRET=secret,
         LBPROXY_HOST_PORT=str(a_port),
         LBPROXY_POOL=STACK,
         LBPROXY_SWARM_NETWORK=f"{STACK}-net",
@@ -164,7 +180,13 @@ async def _deploy(a_port: int, b_port: int) -> Deployed:
         LBPROXY_REPLICAS="3",
     )
     sh("docker", "stack", "deploy", "-c", "stack.yaml", STACK, env=env)
-    deployed = Deployed(a=f"{STACK}_lb", b=f"{STACK}_lb2", a_port=a_port, b_port=b_port)
+    deployed = Deployed(
+        a=f"{STACK}_lb",
+        b=f"{STACK}_lb2",
+        a_port=a_port,
+        b_port=b_port,
+        admin={"Authorization": f"Bearer {token}"},
+    )
     connector = aiohttp.UnixConnector(path=SOCKET)
     async with (
         aiohttp.ClientSession(connector=connector) as engine,
@@ -186,7 +208,7 @@ def deployed(swarm: None, images: None) -> Iterator[Deployed]:
     _remove_everything()
     a_port, b_port = free_loopback_port(), free_loopback_port()
     try:
-        yield asyncio.run(_deploy(a_port, b_port))
+        yield asyncio.run(_deploy(a_port, b_port, *_make_secret()))
     finally:
         for service in (f"{STACK}_lb", f"{STACK}_lb2"):
             print(sh("docker", "service", "logs", "--tail", "40", service, check=False))
@@ -239,18 +261,21 @@ async def test_two_balancers_hold_the_same_pool_and_route_identically(deployed: 
 async def test_add_and_rm_through_one_balancer_are_seen_by_the_other(deployed: Deployed) -> None:
     a, b = _url(deployed.a_port), _url(deployed.b_port)
     async with aiohttp.ClientSession() as s:
+        # the public port is on every address: without the secret's token, /add is refused
+        async with s.post(a + "/add", json={"n": 1}) as r:
+            assert r.status == 401, await r.text()
+    async with aiohttp.ClientSession(headers=deployed.admin) as s:
         async with s.post(a + "/add", json={"n": 2, "hostnames": ["S5"]}) as r:
             assert r.status == 200, await r.text()
             added = (await r.json())["message"]["replicas"]
-        answered = time.monotonic()
         assert len(added) == 5 and "S5" in added
+        # timed from the moment each call answered
         seen_add = await _until(s, b, lambda names: sorted(names) == sorted(added))
         async with s.delete(b + "/rm", json={"n": 2, "hostnames": ["S5"]}) as r:
             assert r.status == 200, await r.text()
             left = (await r.json())["message"]["replicas"]
         assert len(left) == 3 and "S5" not in left
         seen_rm = await _until(s, a, lambda names: sorted(names) == sorted(left))
-        del answered
     print(f"\ncross-instance visibility: /add via A seen by B after {seen_add:.2f}s, "
           f"/rm via B seen by A after {seen_rm:.2f}s")  # fmt: skip
     assert seen_add <= 2.0 and seen_rm <= 2.0
