@@ -365,6 +365,57 @@ async def test_docker_kill_of_a_replica_under_load(deployed: Deployed) -> None:
     assert result.completed > 0 and result.errors == {}, result.errors
 
 
+def _force_update_counter(service: str) -> int:
+    out = sh("docker", "service", "inspect", "--format", "{{json .Spec.TaskTemplate}}", service)
+    return int(json.loads(out).get("ForceUpdate", 0))
+
+
+async def test_a_hung_replica_is_replaced_once_whatever_the_balancers(deployed: Deployed) -> None:
+    """`docker pause`: the task runs but answers nothing. Swarm sees nothing wrong; both
+    balancers' heartbeats do, and each asks Swarm to replace it with a version-checked forced
+    update: the counter goes up by exactly one and one new task serves under the same name."""
+    a = _url(deployed.a_port)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(a + "/lbproxy/status") as r:
+            replicas = {x["name"]: x for x in (await r.json())["message"]["replicas"]}
+        victim = sorted(replicas)[2]
+        service = f"{STACK}_{victim}"
+        forced = _force_update_counter(service)
+        container = _task_container(service)
+        paused = time.monotonic()
+        sh("docker", "pause", container)
+        try:
+            while True:
+                async with s.get(a + "/lbproxy/status") as r:
+                    now = {x["name"]: x for x in (await r.json())["message"]["replicas"]}
+                if (
+                    now[victim]["state"] == "up"
+                    and now[victim]["backend_id"] != replicas[victim]["backend_id"]
+                ):
+                    break
+                assert time.monotonic() - paused < 60, f"not replaced within 60 s: {now[victim]}"
+                await asyncio.sleep(0.1)
+            replaced = time.monotonic() - paused
+        finally:
+            sh("docker", "unpause", container, check=False)
+        # both balancers saw the hang (heartbeats every 0.5 s, fall 2) and each tried to
+        # force an update right then; once B too routes to the new task, both attempts are over
+        b = _url(deployed.b_port)
+        while True:
+            async with s.get(b + "/lbproxy/status") as r:
+                on_b = {x["name"]: x for x in (await r.json())["message"]["replicas"]}
+            if (
+                on_b[victim]["state"] == "up"
+                and on_b[victim]["backend_id"] == now[victim]["backend_id"]
+            ):
+                break
+            assert time.monotonic() - paused < 90, f"B did not follow: {on_b[victim]}"
+            await asyncio.sleep(0.1)
+    print(f"\nhung replica: back on the ring under a new task after {replaced:.2f}s")
+    assert _force_update_counter(service) == forced + 1
+    assert now[victim]["ring_id"] == replicas[victim]["ring_id"]
+
+
 async def test_killed_balancer_is_restarted_and_adopts(deployed: Deployed) -> None:
     """Kill A's container under load on both: B serves throughout; A comes back, creates nothing."""
     a, b = _url(deployed.a_port), _url(deployed.b_port)
