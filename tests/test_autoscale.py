@@ -228,3 +228,27 @@ async def test_without_autoscale_an_empty_pool_still_answers_503_at_once(
     async with lb.client.get(lb.url + "/home") as r:
         assert r.status == 503
         assert (await r.json())["message"] == "<Error> no replica is available"
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=dataclasses.replace(ZERO, stable_window=30.0))
+async def test_a_ring_that_lags_the_pool_holds_instead_of_503(lb: BalancerUnderTest) -> None:
+    """The ring in use may still name a replica that is no longer UP (ring builds run in a
+    worker): the relay finds no candidate at all, which must be held like an empty ring."""
+    pool = lb.balancer.pool
+    autoscaler = lb.balancer.autoscaler
+    assert autoscaler is not None and autoscaler.hold is not None
+    hold = autoscaler.hold
+    (replica,) = pool.replicas()
+    replica.state = ReplicaState.DRAINING  # off duty, but the ring is not rebuilt yet
+    assert replica.name in pool.ring.names
+
+    async def get() -> int:
+        async with lb.client.get(lb.url + "/home") as r:
+            await r.read()
+            return r.status
+
+    request = asyncio.create_task(get())
+    await wait_for(lambda: hold.waiting() == 1)
+    pool.mark_up(replica)  # back on the ring: the held request goes through
+    assert await request == 200
+    assert hold.cold_start_count == 1
