@@ -15,6 +15,7 @@ import socket
 import pytest
 
 from lbproxy.config import ProxyConfig
+from lbproxy.frontend.relay import MAX_PIPELINE
 from tests.conformance_kit import Close, Reset, Stall, answer, get, rig
 from tests.conftest import wait_for
 
@@ -367,14 +368,23 @@ async def test_valid_request_is_answered_before_the_400_for_junk_after_it() -> N
 
 
 async def test_pipelining_is_bounded_for_a_client_that_reads_nothing() -> None:
-    async with rig() as r:
+    """uvicorn's and aiohttp's rule: while requests wait behind the one being relayed,
+    reading pauses once MAX_PIPELINE of them are queued. The first answer is held at the
+    upstream, so the queue cannot drain before the pause is observed (no race with the
+    relay answering everything first), and every answer then arrives in order. What one
+    read already delivered is still parsed (httptools cannot stop mid-buffer), so the
+    bound is on reads: the transport stops reading, which caps the queue at one read's worth."""
+    gate = Stall()
+    async with rig({"held": [gate, answer(200, b"first")]}) as r:
         c = await r.client()
-        c.send(b"".join(get("/ok", f"p{i}") for i in range(40)))
+        c.send(get("/s/held", "p0") + b"".join(get("/ok", f"p{i}") for i in range(1, 40)))
         front = r.server.frontend
         assert front is not None
-        await wait_for(lambda: front.clients and next(iter(front.clients)).paused)
+        await wait_for(lambda: bool(front.clients) and bool(next(iter(front.clients)).paused))
         (client,) = front.clients
-        assert len(client.queue) <= 40
+        assert len(client.queue) > MAX_PIPELINE
+        assert client.transport is not None and not client.transport.is_reading()
+        gate.event.set()
         for i in range(40):
             _, resp = await c.read_response()
             assert resp.tag == f"p{i}".encode()
