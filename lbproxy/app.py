@@ -58,7 +58,15 @@ async def _unknown_endpoint(request: web.Request) -> web.Response:
 async def create_app(config: Config, backend: ReplicaBackend | None = None) -> web.Application:
     """The control application for ``config`` (a coroutine: sessions need a running loop)."""
     family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
-    pool = Pool(family, EventLog(), eject_after=config.proxy.eject_after, builder=RingBuilder())
+    pool = Pool(
+        family,
+        EventLog(),
+        eject_after=config.proxy.eject_after,
+        eject_base_time=config.proxy.eject_base_time,
+        eject_max_time=config.proxy.eject_max_time,
+        max_eject_percent=config.proxy.max_eject_percent,
+        builder=RingBuilder(),
+    )
     backend = backend if backend is not None else create_backend(config)
     health_session = aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0),

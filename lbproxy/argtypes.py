@@ -119,3 +119,14 @@ def status_range(text: str) -> tuple[int, int]:
             f"{text!r} is not a status range; write 2xx, 200 or 200-399 (100 to 599)"
         )
     return low, high
+
+
+def percent(text: str) -> int:
+    """An integer percentage, 0 to 100."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole percentage") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 100")
+    return value

@@ -25,6 +25,7 @@ from lbproxy.argtypes import (
     key_source,
     non_negative_float,
     non_negative_int,
+    percent,
     port_number,
     positive_float,
     positive_int,
@@ -350,6 +351,24 @@ def _add_serve(sub: Any) -> None:
         help="failed requests in a row that eject a replica until its heartbeat passes (0: off)",
     )
     p.env_option(
+        "--eject-base-time",
+        type=non_negative_float,
+        default=x.eject_base_time,
+        help="seconds an ejected replica stays out, times its ejections (Envoy; 0: next heartbeat)",
+    )
+    p.env_option(
+        "--eject-max-time",
+        type=non_negative_float,
+        default=x.eject_max_time,
+        help="cap on one ejection's time in seconds",
+    )
+    p.env_option(
+        "--max-eject-percent",
+        type=percent,
+        default=x.max_eject_percent,
+        help="most of the pool ejected at once, in percent (one replica may always be)",
+    )
+    p.env_option(
         "--start-timeout",
         type=positive_float,
         default=d.start_timeout,
@@ -534,6 +553,9 @@ def _config_from_args(args: argparse.Namespace) -> Config:
             header_timeout=args.header_timeout,
             idle_timeout=args.idle_timeout,
             eject_after=args.eject_after,
+            eject_base_time=args.eject_base_time,
+            eject_max_time=args.eject_max_time,
+            max_eject_percent=args.max_eject_percent,
             bounded_load=args.bounded_load,
             key=args.key,
             phase_timings=args.phase_timings,

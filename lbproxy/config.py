@@ -50,6 +50,15 @@ class ProxyConfig:
     #: Consecutive failed requests (connect error, reset, timeout, 5xx) that eject a replica
     #: from the ring until its heartbeat passes again; 0 disables passive ejection.
     eject_after: int = 5
+    #: Envoy-style ejection time: an ejected replica stays off the ring for this many
+    #: seconds times the number of times it was ejected (capped at ``eject_max_time``), then
+    #: returns on its next passing heartbeat. Envoy's default is 30 s; replicas here restart
+    #: in about a second, so 10 s. 0 readmits on the next passing heartbeat.
+    eject_base_time: float = 10.0
+    eject_max_time: float = 300.0
+    #: At most this share of the members is ejected at once (Envoy's max_ejection_percent);
+    #: one replica may always be ejected, and the last one on the ring never is.
+    max_eject_percent: int = 50
     #: Consistent hashing with bounded loads: no replica takes more than this factor times
     #: the mean in-flight load; a key whose owner is full goes to the next replica on the
     #: ring. 0 disables (pure consistent hashing).

@@ -167,7 +167,7 @@ async def test_post_is_retried_when_nothing_was_sent(lb: BalancerUnderTest) -> N
     assert echo["replica"] != owner and echo["body_len"] == 7
 
 
-@pytest.mark.lbconfig(proxy=ProxyConfig(eject_after=3))
+@pytest.mark.lbconfig(proxy=ProxyConfig(eject_after=3, eject_base_time=0.3))
 async def test_failing_replica_is_ejected_then_readmitted(lb: BalancerUnderTest) -> None:
     pool = lb.balancer.pool
     owner = pool.owner("777777")
@@ -178,7 +178,8 @@ async def test_failing_replica_is_ejected_then_readmitted(lb: BalancerUnderTest)
             assert r.status == 500  # a replica's 5xx reaches the client unchanged
     assert owner.state is ReplicaState.EJECTED
     assert owner.name not in pool.ring.names
-    # its heartbeat still passes, so the monitor puts it back on the ring
+    # its heartbeat still passes, so the monitor puts it back once the ejection time is over
+    # (Envoy's base_ejection_time; heartbeats every 50 ms readmit nothing before that)
     await wait_for(lambda: owner.state is ReplicaState.UP)
     assert owner.name in pool.ring.names and owner.ejections == 1
 

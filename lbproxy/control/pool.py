@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from lbproxy.backends.base import ReplicaHandle
@@ -94,6 +94,7 @@ class Replica:
     failures: int = 0  # consecutive failed proxied requests (passive outlier detection)
     ejections: int = 0
     ejected_until: float = 0.0  # monotonic time before which an ejected member stays out
+    eject_streak: int = 0  # the ejection-time multiplier; decays after a quiet eject_max_time
     by_status: dict[int, int] = field(default_factory=dict)
     weight: int = 1  # share of the keys relative to the others (maglev, hashring)
 
@@ -130,6 +131,10 @@ class Pool:
         events: EventLog | None = None,
         *,
         eject_after: int = 0,
+        eject_base_time: float = 0.0,
+        eject_max_time: float = 300.0,
+        max_eject_percent: int = 100,
+        clock: Callable[[], float] = time.monotonic,
         builder: RingBuilder | None = None,
     ) -> None:
         """``builder``: where rings are built. With one (the balancer), builds run off the
@@ -138,6 +143,13 @@ class Pool:
         self.family = family
         self.events = events if events is not None else EventLog()
         self.eject_after = eject_after
+        # Envoy's outlier detection: base_ejection_time x times ejected, capped; at most
+        # max_ejection_percent of the members out at once (at least one may go, and the
+        # last one on the ring never does). Base 0 readmits on the next passing heartbeat.
+        self.eject_base_time = eject_base_time
+        self.eject_max_time = eject_max_time
+        self.max_eject_percent = max_eject_percent
+        self._clock = clock
         self._members: dict[str, Replica] = {}
         self._ring: Ring = family.build({})
         self._builder = builder
@@ -337,9 +349,13 @@ class Pool:
     def note_failure(self, replica: Replica, kind: str) -> None:
         """A proxied request failed on ``replica``; ``eject_after`` in a row eject it.
 
-        Ejection is passive outlier detection: the replica leaves the ring at once and comes
-        back when the heartbeat monitor sees it answer again (or is replaced if it falls).
-        Never ejects the last replica on the ring: a degraded answer beats none.
+        Ejection is passive outlier detection as Envoy does it: the replica leaves the ring
+        at once (a derivation, never a build) for ``eject_base_time`` x the times it was
+        ejected (capped at ``eject_max_time``), and comes back only after that and a passing
+        heartbeat, so a replica that fails one path while its heartbeat passes does not flap
+        every second. At most ``max_eject_percent`` of the members are out at once (at least
+        one may be), and the last replica on the ring is never ejected: a degraded answer
+        beats none.
         """
         replica.failures += 1
         if (
@@ -348,22 +364,42 @@ class Pool:
             and replica.state is ReplicaState.UP
             and self._members.get(replica.name) is replica
             and len(self._ring.names) > 1
+            and self._may_eject_another()
         ):
             replica.state = ReplicaState.EJECTED
             replica.since = time.time()
             replica.ejections += 1
+            now = self._clock()
+            if replica.eject_streak and now - replica.ejected_until > self.eject_max_time:
+                replica.eject_streak = 0  # healthy for a whole cap since: start over (Envoy)
+            replica.eject_streak += 1
+            hold = min(self.eject_base_time * replica.eject_streak, self.eject_max_time)
+            replica.ejected_until = now + hold
             self._rebuild()
             self.events.emit(
                 "removed_from_ring",
                 replica.name,
-                f"ejected after {replica.failures} failures ({kind})",
+                f"ejected after {replica.failures} failures ({kind}) for at least {hold:g} s",
             )
 
-    def readmit(self, replica: Replica) -> None:
-        """An ejected replica answered its heartbeat: back on the ring."""
-        if replica.state is ReplicaState.EJECTED and self._members.get(replica.name) is replica:
+    def _may_eject_another(self) -> bool:
+        members = self._members.values()
+        out = sum(1 for r in members if r.state is ReplicaState.EJECTED)
+        cap = max(1, len(self._members) * self.max_eject_percent // 100)
+        return out < cap
+
+    def readmit(self, replica: Replica) -> bool:
+        """An ejected replica answered its heartbeat: back on the ring once its ejection
+        time is over. Returns whether it came back."""
+        if (
+            replica.state is ReplicaState.EJECTED
+            and self._members.get(replica.name) is replica
+            and self._clock() >= replica.ejected_until
+        ):
             replica.failures = 0
             self.mark_up(replica)
+            return True
+        return False
 
     # -- the ring (never a build on the event loop when a builder is set) -------------------
 
