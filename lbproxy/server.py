@@ -81,6 +81,10 @@ class BalancerServer:
     async def start(self) -> None:
         """Bring everything up in order; on any failure, undo what was started and re-raise."""
         try:
+            # The certificate first: a bad one must not start (then stop) a pool of replicas.
+            tls = None
+            if self.config.tls_cert:
+                tls = server_context(self.config.tls_cert, self.config.tls_key)
             self._app = app = await create_app(self.config, self._backend)
             balancer = self.balancer
             await balancer.backend.open(balancer.reconciler.on_death)
@@ -116,9 +120,7 @@ class BalancerServer:
             if balancer.autoscaler is not None and balancer.autoscaler.hold is not None:
                 self.frontend.on_empty = balancer.autoscaler.hold.offer  # scale from zero
             balancer.reconciler.on_retired = self.frontend.upstreams.forget_key
-            tls = None
-            if self.config.tls_cert:
-                tls = server_context(self.config.tls_cert, self.config.tls_key)
+            if tls is not None:
                 self.frontend.scheme = b"https"  # X-Forwarded-Proto / Forwarded proto
             self.frontend.start()
             loop = asyncio.get_running_loop()

@@ -123,3 +123,13 @@ def test_bad_tls_settings_are_one_sentence(tmp_path: Path, cert: tuple[Path, Pat
     )
     config = config_from_args(args)
     assert config.tls_cert == str(cert[0]) and config.tls_key == str(cert[1])
+
+
+async def test_a_bad_certificate_fails_before_any_replica_starts(tmp_path: Path) -> None:
+    """A typo in --tls-key must not start (and then stop) a pool: the context is loaded
+    first, so the backend launched nothing when the error surfaces."""
+    backend = InProcessBackend()
+    server = BalancerServer(fast_config(tls_cert=str(tmp_path / "missing.pem")), backend)
+    with pytest.raises(TLSConfigError, match="no such file"):
+        await server.start()
+    assert backend.launched == []
