@@ -75,3 +75,27 @@ async def test_removal_during_a_build_ends_on_the_survivors_ring() -> None:
     fresh = family.build({f"Server {i}": i for i in (2, 3, 4, 5)})
     assert all(pool.ring.lookup(k) == fresh.lookup(k) for k in KEYS)
     pool.close()
+
+
+async def test_shutdown_during_a_build_ends_it_without_a_new_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`lbproxy serve` stops the worker at exit; a build still running then must end
+    quietly, not log a dead worker and spawn another one on the way out."""
+    import asyncio
+
+    from lbproxy.ring import offload
+
+    family = make_family("maglev")  # the full default table: a build takes seconds
+    builder = RingBuilder()
+    build = asyncio.ensure_future(builder.build(family, {f"S{i}": i for i in range(1, 200)}))
+    while not getattr(offload._executor, "_processes", None):
+        await asyncio.sleep(0.01)  # the worker process exists: the build is under way
+    offload.shutdown()
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await build
+        assert offload._executor is None
+        assert "worker died" not in caplog.text
+    finally:
+        offload.reopen()

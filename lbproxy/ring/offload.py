@@ -30,7 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from lbproxy.ring.base import Ring, RingFamily
 
-__all__ = ["RingBuilder", "build_ring", "shutdown"]
+__all__ = ["RingBuilder", "build_ring", "reopen", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def build_ring(
 
 
 _executor: ProcessPoolExecutor | None = None
+#: Set by ``shutdown``: a build the shutdown broke ends as cancelled, with no new worker.
+_closed = False
 
 
 def _pool() -> ProcessPoolExecutor:
@@ -88,6 +90,8 @@ def shutdown() -> None:
     ``concurrent.futures`` would otherwise wait at interpreter exit for the build it is
     running (seconds for a large table) before the balancer process could end.
     """
+    global _closed
+    _closed = True
     executor = _executor
     if executor is None:
         return
@@ -95,6 +99,12 @@ def shutdown() -> None:
         with contextlib.suppress(OSError):
             process.terminate()
     _discard(executor)
+
+
+def reopen() -> None:
+    """Allow builds again after ``shutdown`` (tests; a process that serves twice)."""
+    global _closed
+    _closed = False
 
 
 class RingBuilder:
@@ -117,6 +127,8 @@ class RingBuilder:
             try:
                 ring = await loop.run_in_executor(executor, build_ring, *args)
             except BrokenProcessPool:
+                if _closed:  # stopped on purpose at exit: no warning, no new worker
+                    raise asyncio.CancelledError from None
                 log.warning("the ring build worker died; starting another (attempt %d)", attempt)
                 _discard(executor)
                 if attempt == 2:
