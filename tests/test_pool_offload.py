@@ -89,13 +89,16 @@ async def test_shutdown_during_a_build_ends_it_without_a_new_worker(
     family = make_family("maglev")  # the full default table: a build takes seconds
     builder = RingBuilder()
     build = asyncio.ensure_future(builder.build(family, {f"S{i}": i for i in range(1, 200)}))
-    while not getattr(offload._executor, "_processes", None):
-        await asyncio.sleep(0.01)  # the worker process exists: the build is under way
+    while not getattr(offload._executor, "_pending_work_items", None):
+        await asyncio.sleep(0.01)  # the build is submitted to the worker (not just queued here)
     offload.shutdown()
     try:
         with pytest.raises(asyncio.CancelledError):
             await build
         assert offload._executor is None
         assert "worker died" not in caplog.text
+        with pytest.raises(asyncio.CancelledError):  # and no build starts a worker again
+            await builder.build(family, {"S1": 1})
+        assert offload._executor is None
     finally:
         offload.reopen()

@@ -68,6 +68,8 @@ _closed = False
 
 def _pool() -> ProcessPoolExecutor:
     global _executor
+    if _closed:  # after shutdown nothing starts a worker: the build ends as cancelled
+        raise asyncio.CancelledError
     if _executor is None:
         _executor = ProcessPoolExecutor(
             max_workers=1,
