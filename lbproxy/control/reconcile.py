@@ -345,6 +345,8 @@ class Reconciler:
             raise BadRequest(f"cannot remove {count} replicas: the pool holds {len(self._pool)}")
         # Make up n with the replicas that cost least to lose: failed ones first, then the
         # most recently joined (highest ring id), so long-lived owners keep their keys.
+        # Ring ids are unique in a pool, so the order is deterministic: two Swarm balancers
+        # asked the same /rm choose the same replicas.
         rest = [r for r in self._pool.replicas() if r not in chosen]
         rest.sort(key=lambda r: (r.state is ReplicaState.UP, -r.ring_id))
         chosen += rest[: count - len(chosen)]

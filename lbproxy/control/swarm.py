@@ -37,7 +37,7 @@ from lbproxy.config import MAX_POOL_SIZE, Config
 from lbproxy.control.health import wait_ready
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.control.reconcile import Reconciler
-from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
+from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError
 
 log = logging.getLogger(__name__)
 
@@ -346,24 +346,6 @@ class SwarmReconciler(Reconciler):
             except BaseException:
                 await asyncio.shield(self._remove_services(created))
                 raise
-
-    def _choose_removals(self, count: int, hostnames: Sequence[str]) -> list[Replica]:
-        chosen: list[Replica] = []
-        for name in hostnames:
-            replica = self._pool.get(name) if isinstance(name, str) else None
-            if replica is None:
-                raise NotFound(f"hostname {name!r} is not in the pool")
-            if replica in chosen:
-                raise BadRequest("hostnames must be distinct")
-            chosen.append(replica)
-        if count > len(self._pool):
-            raise BadRequest(f"cannot remove {count} replicas: the pool holds {len(self._pool)}")
-        # Failed ones first, then the highest ring ids: long-lived owners keep their keys.
-        # Deterministic (name breaks ties), so two balancers would choose the same ones.
-        rest = [r for r in self._pool.replicas() if r not in chosen]
-        rest.sort(key=lambda r: (r.state is ReplicaState.UP, -r.ring_id, r.name))
-        chosen += rest[: count - len(chosen)]
-        return chosen
 
     async def remove(self, count: int, hostnames: Sequence[str]) -> None:
         """Off the ring at once, drain (bounded), then remove the services and their ring ids."""
