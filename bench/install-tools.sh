@@ -41,8 +41,8 @@ trap cleanup EXIT
 
 echo "bench: installing ${need[*]} from Debian's packages"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+apt-get -o DPkg::Lock::Timeout=600 update -qq
+apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 
 # Belt and braces: whatever init system there is, leave no system nginx/haproxy running.
 for svc in nginx haproxy; do

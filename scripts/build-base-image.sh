@@ -75,8 +75,8 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap with apt-get"
     command -v apt-get >/dev/null 2>&1 || die "debootstrap is missing and apt-get is not available to install it"
     export DEBIAN_FRONTEND=noninteractive
-    "${SUDO[@]}" apt-get install -y -qq debootstrap >/dev/null 2>&1 \
-        || { "${SUDO[@]}" apt-get update -qq >/dev/null && "${SUDO[@]}" apt-get install -y -qq debootstrap >/dev/null; } \
+    "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null 2>&1 \
+        || { "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null && "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y -qq debootstrap >/dev/null; } \
         || die "apt-get install debootstrap failed"
 fi
 

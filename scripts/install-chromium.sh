@@ -22,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then
     fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+$SUDO apt-get -o DPkg::Lock::Timeout=600 update -qq
 # fonts-dejavu-core: the dashboard's first font choice, so screenshots look the same everywhere
-$SUDO apt-get install -y -q chromium fonts-dejavu-core
+$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y -q chromium fonts-dejavu-core
 echo "install-chromium: installed $(command -v chromium)"
