@@ -21,7 +21,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parent.parent
 #: Imports that belong to the tooling, never to the balancer. (numpy is the balancer's
 #: since issue 10: the build worker fills the 4,194,287-entry Maglev table with it.)
-TOOLING = ("lbproxy_tools", "tqdm", "matplotlib")
+TOOLING = ("lbproxy_tools", "tqdm", "matplotlib", "jinja2")
 
 
 def test_the_lbproxy_distribution_finds_only_the_balancer_packages() -> None:
