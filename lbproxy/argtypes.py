@@ -1,57 +1,85 @@
-"""Argument types shared by every ``lbproxy`` subcommand, so a bad number reads the same."""
+"""Parsers of setting values, shared by every ``lbproxy`` subcommand so a bad value reads the same.
+
+Each takes the text of a flag or ``LBPROXY_*`` variable and returns the value, or raises
+``argparse.ArgumentTypeError`` with one sentence. Numeric bounds are not here: config.py
+declares them on the field (``gt=0``), and the same bound is checked by the parser and by
+``Config.validate()``; ``positive_int`` and friends remain for the tools' own flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from lbproxy.settings import Setting
+
+T = TypeVar("T")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def _bounded(
+    kind: Callable[[str], T], *, gt: float | None = None, ge: float | None = None
+) -> Callable[[str], T]:
+    check = Setting(None, "", parse=kind, gt=gt, ge=ge)
+
+    def parse(text: str) -> T:
+        try:
+            return check.convert(text)  # type: ignore[no-any-return]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+positive_int = _bounded(int, gt=0)
+positive_float = _bounded(float, gt=0)
+non_negative_int = _bounded(int, ge=0)
+non_negative_float = _bounded(float, ge=0)
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
+def _sentence(text: str, check: Callable[[str], Any]) -> Any:
+    """``check(text)``, its ValueError turned into argparse's usage error (same sentence)."""
+    try:
+        return check(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def key_source(text: str) -> str:
     """A ``--key`` value, normalised (``header:x-request-id``); one sentence if it is bad."""
     from lbproxy.frontend.routing_key import parse_key
 
-    try:
-        return str(parse_key(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return str(_sentence(text, parse_key))
 
 
 def cidr_list(text: str) -> str:
     """``--trusted-proxies``: comma-separated addresses/CIDR networks, checked now."""
     from lbproxy.frontend.forwarded import parse_networks
 
-    try:
-        parse_networks(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+    _sentence(text, parse_networks)
     return text
+
+
+def replica_template(text: str) -> str:
+    """A ``--replica-cmd`` template that can run; one sentence if it cannot."""
+    from lbproxy.backends.command import validate_template
+
+    return str(_sentence(text, validate_template))
+
+
+def env_pair(text: str) -> str:
+    """A ``--replica-env KEY=VALUE``; one sentence if it is not one."""
+    from lbproxy.backends.command import parse_env_pair
+
+    _sentence(text, parse_env_pair)
+    return text
+
+
+def autoscale_bounds(text: str) -> tuple[int, int]:
+    """``--autoscale MIN:MAX``."""
+    from lbproxy.control.autoscale import parse_bounds
+
+    return _sentence(text, parse_bounds)  # type: ignore[no-any-return]
 
 
 def boolean(text: str) -> bool:
@@ -64,32 +92,11 @@ def boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on/off (1/0, true/false), got {text!r}")
 
 
-def replica_template(text: str) -> str:
-    """A ``--replica-cmd`` template that can run; one sentence if it cannot."""
-    from lbproxy.backends.command import validate_template
-
-    try:
-        return validate_template(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def env_pair(text: str) -> str:
-    """A ``--replica-env KEY=VALUE``; one sentence if it is not one."""
-    from lbproxy.backends.command import parse_env_pair
-
-    try:
-        parse_env_pair(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text}")
-    return value
+def on_off(text: str) -> bool:
+    """``on`` or ``off``, nothing else (a switch whose absence means "decide for me")."""
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
 
 
 def health_path(text: str) -> str:
@@ -121,12 +128,6 @@ def status_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-def percent(text: str) -> int:
-    """An integer percentage, 0 to 100."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole percentage") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not between 0 and 100")
-    return value
+def constraint_list(text: str) -> tuple[str, ...]:
+    """'node.role==worker, node.labels.zone==a' -> a tuple of constraints ('' -> none)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -1,15 +1,22 @@
 """Every setting of the balancer in one typed object.
 
-The CLI maps flags (and ``LBPROXY_*`` environment variables) onto this object one to one;
-the application reads nothing else, so a test builds a ``Config`` and gets the same balancer.
+Each field is declared once, with ``setting()``: its flag, help, parser and bounds. The
+CLI's options and ``LBPROXY_*`` variables, ``Config.validate()`` and the README's flag table
+are generated from these declarations (lbproxy/settings.py). The application reads nothing
+else, so a test builds a ``Config`` and gets the same balancer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+from lbproxy import argtypes
+from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
+from lbproxy.settings import check_bounds, setting
 
 BackendName = Literal["process", "docker", "swarm"]
 
@@ -18,88 +25,284 @@ BackendName = Literal["process", "docker", "swarm"]
 MAX_CHANGE_PER_CALL = 64
 #: Upper bound on the pool's size, whatever the family could hold.
 MAX_POOL_SIZE = 1024
+#: The autoscaler samples in-flight this often (more often when its tick is shorter).
+SAMPLE_INTERVAL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
     """Heartbeat polling, HAProxy-style: ``fall`` misses mark a replica down, ``rise`` passes up."""
 
-    interval: float = 1.0
-    timeout: float = 0.5
-    fall: int = 2
-    rise: int = 1
-    #: What a heartbeat asks (``--health-path``, ``--health-method``) and which statuses
-    #: pass (``--health-status``, inclusive range; SPEC: any 2xx).
-    path: str = "/heartbeat"
-    method: str = "GET"
-    status: tuple[int, int] = (200, 299)
+    interval: float = setting(
+        1.0,
+        "--heartbeat-interval",
+        "seconds between heartbeat rounds",
+        parse=float,
+        gt=0,
+        unit="s",
+        doc="seconds between heartbeat rounds",
+    )
+    timeout: float = setting(
+        0.5, "--heartbeat-timeout", "seconds a heartbeat may take", parse=float, gt=0, unit="s"
+    )
+    fall: int = setting(
+        2, "--fall", "missed heartbeats in a row that mark a replica down", parse=int, gt=0
+    )
+    rise: int = setting(
+        1, "--rise", "passed heartbeats in a row that mark a new replica up", parse=int, gt=0
+    )
+    #: What a heartbeat asks and which statuses pass (inclusive range; SPEC: any 2xx).
+    path: str = setting(
+        "/heartbeat",
+        "--health-path",
+        "path each heartbeat asks for (/ for a service without a health endpoint)",
+        parse=argtypes.health_path,
+    )
+    method: str = setting(
+        "GET",
+        "--health-method",
+        "method of each heartbeat",
+        parse=str.upper,
+        choices=("GET", "HEAD"),
+    )
+    status: tuple[int, int] = setting(
+        (200, 299),
+        "--health-status",
+        "statuses that pass a heartbeat: 2xx, 200 or 200-399",
+        parse=argtypes.status_range,
+        shown="2xx",
+        doc="statuses that pass a heartbeat: `2xx`, `200` or `200-399` (redirects are not "
+        "followed)",
+    )
+
+
+def _rewrite_404_auto(config: Config) -> bool:
+    return config.runs_server_app()
 
 
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """Upstream timeouts and retry policy for forwarded requests."""
 
-    connect_timeout: float = 1.0
-    read_timeout: float = 30.0
-    retries: int = 2
-    max_body_bytes: int = 16 * 1024 * 1024
+    connect_timeout: float = setting(
+        1.0, "--connect-timeout", "seconds to connect to a replica", parse=float, gt=0, unit="s"
+    )
+    read_timeout: float = setting(
+        30.0,
+        "--read-timeout",
+        "seconds a replica may stay silent mid-response",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
+    retries: int = setting(
+        2, "--retries", "other replicas to try when a connection fails", parse=int, ge=0
+    )
+    max_body_bytes: int = setting(
+        16 * 1024 * 1024,
+        "--max-body",
+        "largest request body in bytes (413 beyond)",
+        parse=int,
+        gt=0,
+        shown="16 MiB",
+    )
     #: A client must send a whole request head within this many seconds (slowloris guard).
-    header_timeout: float = 10.0
+    header_timeout: float = setting(
+        10.0,
+        "--header-timeout",
+        "seconds a client has to send a request head (408 beyond; slowloris guard)",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
     #: An idle keep-alive client connection is closed after this many seconds.
-    idle_timeout: float = 60.0
+    idle_timeout: float = setting(
+        60.0,
+        "--idle-timeout",
+        "seconds an idle keep-alive client connection is kept",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
     #: Consecutive failed requests (connect error, reset, timeout, 5xx) that eject a replica
     #: from the ring until its heartbeat passes again; 0 disables passive ejection.
-    eject_after: int = 5
+    eject_after: int = setting(
+        5,
+        "--eject-after",
+        "failed requests in a row that eject a replica until its heartbeat passes (0: off)",
+        parse=int,
+        ge=0,
+    )
     #: Envoy-style ejection time: an ejected replica stays off the ring for this many
     #: seconds times the number of times it was ejected (capped at ``eject_max_time``), then
     #: returns on its next passing heartbeat. Envoy's default is 30 s; replicas here restart
     #: in about a second, so 10 s. 0 readmits on the next passing heartbeat.
-    eject_base_time: float = 10.0
-    eject_max_time: float = 300.0
+    eject_base_time: float = setting(
+        10.0,
+        "--eject-base-time",
+        "seconds an ejected replica stays out, times its ejections (Envoy; 0: next heartbeat)",
+        parse=float,
+        ge=0,
+        unit="s",
+    )
+    eject_max_time: float = setting(
+        300.0,
+        "--eject-max-time",
+        "cap on one ejection's time in seconds",
+        parse=float,
+        ge=0,
+        unit="s",
+    )
     #: At most this share of the members is ejected at once (Envoy's max_ejection_percent);
     #: one replica may always be ejected, and the last one on the ring never is.
-    max_eject_percent: int = 50
+    max_eject_percent: int = setting(
+        50,
+        "--max-eject-percent",
+        "most of the pool ejected at once, in percent (one replica may always be)",
+        parse=int,
+        ge=0,
+        le=100,
+    )
     #: Consistent hashing with bounded loads: no replica takes more than this factor times
     #: the mean in-flight load; a key whose owner is full goes to the next replica on the
     #: ring. 0 disables (pure consistent hashing).
-    bounded_load: float = 0.0
-    #: Where the routing key comes from (``--key``, see frontend/routing_key.py); when the
-    #: source is absent the request id (X-Request-ID or a random 6-digit id) is the key.
-    key: str = "header:X-Request-ID"
-    #: A replica's 404 becomes SPEC's 400 "endpoint does not exist in server replicas" body
-    #: (``--rewrite-404``). The CLI turns it off unless the replicas are server_app; a
-    #: user's own service's 404 passes through unchanged.
-    rewrite_404: bool = True
+    bounded_load: float = setting(
+        0.0,
+        "--bounded-load",
+        "cap each replica at this factor times the mean in-flight load, e.g. 1.25 (0: off)",
+        parse=float,
+        ge=0,
+    )
+    #: Where the routing key comes from (frontend/routing_key.py); when the source is absent
+    #: the request id (X-Request-ID or a random 6-digit id) is the key.
+    key: str = setting(
+        "header:X-Request-ID",
+        "--key",
+        "where the routing key comes from: header:NAME, query:NAME, cookie:NAME, client-ip "
+        "or path; when absent, the X-Request-ID or a random 6-digit id (the assignment's "
+        "behaviour)",
+        parse=argtypes.key_source,
+        doc="routing key source: `header:NAME`, `query:NAME`, `cookie:NAME`, `client-ip`, "
+        "`path` (see [Routing keys](#routing-keys))",
+    )
+    #: A replica's 404 becomes SPEC's 400 "endpoint does not exist in server replicas" body.
+    #: Unset, it is on for server_app replicas only: a user's own service's 404 passes through.
+    rewrite_404: bool = setting(
+        True,
+        "--rewrite-404",
+        "turn a replica's 404 into the assignment's 400 'endpoint does not exist' body "
+        "(default: on for server_app replicas, off for your own --replica-cmd or image)",
+        parse=argtypes.on_off,
+        metavar="{on,off}",
+        auto=_rewrite_404_auto,
+        shown="on for server_app, else off",
+    )
     #: Per-phase latency histograms (head, pipeline, acquire, upstream, relay, loop lag) in
     #: /lbproxy/metrics; off by default because each mark costs a clock read per request.
-    phase_timings: bool = False
+    phase_timings: bool = setting(
+        False,
+        "--phase-timings",
+        "histograms of where requests wait (head, acquire, upstream, ...) in the metrics",
+        parse=argtypes.boolean,
+        switch=True,
+    )
     #: Upstream connections per replica, at most (HAProxy's server ``maxconn``); requests
     #: beyond wait in the replica's FIFO queue. 0: no cap (a connection per waiting request,
     #: which overran the replicas' accept queues at 1,500 clients: issue 14).
-    max_conns_per_replica: int = 128
+    max_conns_per_replica: int = setting(
+        128,
+        "--max-conns-per-replica",
+        "upstream connections per replica at most (HAProxy maxconn); more requests wait in "
+        "the replica's FIFO queue (0: no cap)",
+        parse=int,
+        ge=0,
+    )
     #: Seconds a request may wait in that queue before it is answered 503.
-    queue_timeout: float = 5.0
-    #: Peers (``CIDR,...``) whose X-Forwarded-*/Forwarded fields are kept and appended to;
-    #: from anyone else they are replaced (frontend/forwarded.py). Empty: trust nobody.
-    trusted_proxies: str = ""
+    queue_timeout: float = setting(
+        5.0,
+        "--queue-timeout",
+        "seconds a request may wait in a replica's queue before a 503",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
+    #: Peers whose X-Forwarded-*/Forwarded fields are kept and appended to; from anyone
+    #: else they are replaced (frontend/forwarded.py). Empty: trust nobody.
+    trusted_proxies: str = setting(
+        "",
+        "--trusted-proxies",
+        "CIDR,... of proxies in front of lbproxy whose X-Forwarded-*/Forwarded fields are "
+        "kept and appended to (from anyone else they are replaced)",
+        parse=argtypes.cidr_list,
+        metavar="CIDR,...",
+        shown="none",
+    )
     #: Pooled upstream connections idle this long are closed: below the replica servers'
     #: keep-alive (uvicorn and Node close idle connections after 5 s, aiohttp's server
     #: after 3630 s), so the replica rarely closes one just as a request goes out on it.
-    upstream_idle_timeout: float = 4.0
+    upstream_idle_timeout: float = setting(
+        4.0,
+        "--upstream-idle-timeout",
+        "seconds an idle pooled connection to a replica is kept (below its keep-alive)",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class DockerConfig:
     """Where and how the Docker backend creates replica containers."""
 
-    image: str = "lbproxy-server:latest"
-    network: str = "lbproxy-net"
-    pool: str = "lbproxy"
-    #: The port the replica listens on inside its container (``--replica-port``).
-    replica_port: int = 5000
-    memory_mb: int = 128
-    cpus: float = 0.5
-    docker_url: str | None = None
+    image: str = setting(
+        "lbproxy-server:latest", "--docker-image", "replica image (docker backend)"
+    )
+    network: str = setting(
+        "lbproxy-net", "--docker-network", "network the replica containers join (docker backend)"
+    )
+    pool: str = setting(
+        "lbproxy", "--pool", "pool name labelled on the containers (docker backend)"
+    )
+    #: The port the replica listens on inside its container.
+    replica_port: int = setting(
+        5000,
+        "--replica-port",
+        "the port a replica listens on inside its container (docker backend)",
+        parse=int,
+        ge=1,
+        le=65535,
+    )
+    memory_mb: int = setting(
+        128,
+        "--docker-memory",
+        "memory limit per replica container in MiB (and per Swarm task)",
+        parse=int,
+        gt=0,
+        unit="MiB",
+    )
+    cpus: float = setting(
+        0.5,
+        "--docker-cpus",
+        "CPU limit per replica container (and per Swarm task)",
+        parse=float,
+        gt=0,
+    )
+    docker_url: str | None = setting(
+        None,
+        "--docker-url",
+        "Docker engine URL for the docker and swarm backends (default: DOCKER_HOST or the "
+        "local socket)",
+        shown="DOCKER_HOST or the local socket",
+    )
+
+
+def _sample_interval_auto(config: Config) -> float:
+    """Sample at least once a tick: a 0.01 s tick samples every 0.01 s."""
+    return min(SAMPLE_INTERVAL, config.autoscale.tick)
+
+
+def _autoscale_bounds(bounds: tuple[int, int]) -> dict[str, Any]:
+    return {"enabled": True, "min_replicas": bounds[0], "max_replicas": bounds[1]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,47 +316,135 @@ class AutoscaleConfig:
     while the stable window still smooths a single burst away. Off unless ``enabled``.
     """
 
-    enabled: bool = False
+    #: ``--autoscale MIN:MAX`` sets ``enabled``, ``min_replicas`` and ``max_replicas``.
+    enabled: bool = setting(
+        False,
+        "--autoscale",
+        "scale the pool between MIN and MAX replicas from its in-flight requests, e.g. 1:10; "
+        "MIN 0 scales to zero when idle (off when unset)",
+        parse=argtypes.autoscale_bounds,
+        metavar="MIN:MAX",
+        expand=_autoscale_bounds,
+        shown="unset (off)",
+        doc="scale the pool between MIN and MAX from its in-flight requests; MIN 0 scales "
+        "to zero ([docs/autoscale.md](docs/autoscale.md))",
+    )
     min_replicas: int = 1
     max_replicas: int = 10
     #: Desired in-flight requests per replica (KPA's "concurrency" metric).
-    target: float = 10.0
+    target: float = setting(
+        10.0,
+        "--target-concurrency",
+        "autoscale: desired in-flight requests per replica",
+        parse=float,
+        gt=0,
+    )
     #: Seconds between decisions.
-    tick: float = 1.0
-    #: In-flight is sampled this often; the windows average the samples.
-    sample_interval: float = 0.05
-    stable_window: float = 20.0
-    panic_window: float = 2.0
+    tick: float = setting(
+        1.0,
+        "--autoscale-tick",
+        "seconds between decisions",
+        parse=float,
+        gt=0,
+        unit="s",
+        doc="autoscale: seconds between decisions (KPA: 2 s)",
+    )
+    #: In-flight is sampled this often (at least once a tick); the windows average samples.
+    sample_interval: float = setting(
+        SAMPLE_INTERVAL,
+        None,
+        "seconds between in-flight samples",
+        gt=0,
+        auto=_sample_interval_auto,
+    )
+    stable_window: float = setting(
+        20.0,
+        "--autoscale-stable-window",
+        "seconds of in-flight samples a normal decision averages",
+        parse=float,
+        gt=0,
+        unit="s",
+        doc="autoscale: seconds of in-flight samples a normal decision averages (KPA: 60 s)",
+    )
+    panic_window: float = setting(
+        2.0,
+        "--autoscale-panic-window",
+        "seconds of in-flight samples the panic check averages",
+        parse=float,
+        gt=0,
+        unit="s",
+        doc="autoscale: seconds of in-flight samples the panic check averages (KPA: 6 s)",
+    )
     #: Panic (follow the panic window, never scale down) when it asks for this many times
     #: the ready replicas.
-    panic_threshold: float = 2.0
+    panic_threshold: float = setting(
+        2.0,
+        "--autoscale-panic-threshold",
+        "panic when the panic window asks for this many times the ready replicas",
+        parse=float,
+        gt=0,
+    )
     #: At most ``ceil(rate * ready)`` replicas after one decision (ready 0 counts as 1).
-    max_scale_up_rate: float = 10.0
+    max_scale_up_rate: float = setting(
+        10.0,
+        "--autoscale-max-scale-up-rate",
+        "at most this many times the ready replicas after one decision",
+        parse=float,
+        gt=1,
+    )
     #: At least ``floor(ready / rate)`` replicas after one decision.
-    max_scale_down_rate: float = 2.0
+    max_scale_down_rate: float = setting(
+        2.0,
+        "--autoscale-max-scale-down-rate",
+        "at least 1/this of the replicas remain after one decision",
+        parse=float,
+        gt=1,
+    )
     #: A scale-down follows the highest recommendation of this many seconds (HPA's
     #: stabilisation window): one quiet moment does not shrink the pool.
-    scale_down_delay: float = 10.0
+    scale_down_delay: float = setting(
+        10.0,
+        "--autoscale-scale-down-delay",
+        "seconds of lower recommendations before the pool shrinks (stabilisation)",
+        parse=float,
+        ge=0,
+        unit="s",
+    )
     #: Scale to zero (min 0): requests arriving at an empty pool wait this long at most for a
     #: replica to start, and at most this many wait; 503 beyond either.
-    hold_timeout: float = 10.0
-    hold_queue: int = 1000
+    hold_timeout: float = setting(
+        10.0,
+        "--autoscale-hold-timeout",
+        "scale to zero: seconds a request waits for a replica to start (503 beyond)",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
+    hold_queue: int = setting(
+        1000,
+        "--autoscale-hold-queue",
+        "scale to zero: requests that may wait for a replica at once (503 beyond)",
+        parse=int,
+        gt=0,
+    )
 
-    def __post_init__(self) -> None:
+    def check(self) -> str | None:
+        """Why these bounds and windows contradict each other (one sentence), or None."""
         if not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas < 1:
-            raise ValueError(
+            return (
                 f"autoscale bounds must satisfy 0 <= MIN <= MAX and MAX >= 1, "
                 f"got {self.min_replicas}:{self.max_replicas}"
             )
+        if self.max_replicas > MAX_POOL_SIZE:
+            return f"--autoscale MAX must be at most {MAX_POOL_SIZE}, got {self.max_replicas}"
         if self.panic_window > self.stable_window:
-            raise ValueError(
+            return (
                 f"the panic window ({self.panic_window:g}s) must not be longer than the "
                 f"stable window ({self.stable_window:g}s)"
             )
         if self.sample_interval > self.tick:
-            raise ValueError("the sample interval must not be longer than the tick")
-        if self.max_scale_up_rate <= 1 or self.max_scale_down_rate <= 1:
-            raise ValueError("scale-up and scale-down rates must be greater than 1")
+            return "the sample interval must not be longer than the tick"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,50 +455,222 @@ class SwarmConfig:
     to it too); ``constraints`` are Swarm placement constraints (docs/swarm.md).
     """
 
-    network: str = "lbproxy-swarm"
+    network: str = setting(
+        "lbproxy-swarm",
+        "--swarm-network",
+        "attachable overlay network of the replica services (swarm backend)",
+        doc="swarm: the replicas' attachable overlay network (the balancer must be on it)",
+    )
     #: Placement constraints, e.g. ("node.role==worker", "node.labels.zone==a").
-    constraints: tuple[str, ...] = ()
+    constraints: tuple[str, ...] = setting(
+        (),
+        "--swarm-constraints",
+        "comma-separated placement constraints, e.g. 'node.role==worker' (swarm)",
+        parse=argtypes.constraint_list,
+    )
     #: Seconds between full lists of the pool's services and tasks (events come sooner).
-    sync_interval: float = 1.0
+    sync_interval: float = setting(
+        1.0,
+        "--swarm-sync-interval",
+        "seconds between full lists of the pool's services and tasks (swarm)",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
     #: Stack namespace labelled on replica services so `docker stack rm` removes them.
-    stack: str = ""
+    stack: str = setting(
+        "",
+        "--swarm-stack",
+        "stack namespace labelled on replica services, for `docker stack rm` (swarm)",
+        shown="unset",
+    )
+
+
+def _token_from_file(config: Config) -> str | None:
+    """The token in ``admin_token_file`` (surrounding whitespace dropped); ValueError if
+    unreadable or empty. Only read when no token came from the flag or the variable."""
+    path = config.admin_token_file
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the admin token file {path!r}: {exc}") from exc
+    if not token:
+        raise ValueError(f"the admin token file {path!r} is empty")
+    return token
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     """The balancer's whole configuration."""
 
-    host: str = "127.0.0.1"
-    port: int = 5000
-    replicas: int = 3
-    backend: BackendName = "process"
-    hash: str = "maglev"
-    slots: int | None = None
-    vnodes: int | None = None
+    host: str = setting("127.0.0.1", "--host", "address to listen on (0.0.0.0 in containers)")
+    port: int = setting(
+        5000, "--port", "port to listen on (0: any free port)", parse=int, ge=0, le=65535
+    )
+    replicas: int = setting(
+        3, "--replicas", "initial pool size N", parse=int, ge=0, le=MAX_POOL_SIZE
+    )
+    backend: BackendName = setting(  # noqa: RUF009 (a str Literal: immutable)
+        "process",
+        "--backend",
+        "where replicas run: local processes, Docker containers or Swarm services",
+        choices=("process", "docker", "swarm"),
+        doc="`process` (local `python -m server_app` children), `docker` or `swarm` (one "
+        "Swarm service per replica, [docs/swarm.md](docs/swarm.md))",
+    )
+    hash: str = setting(
+        DEFAULT_FAMILY,
+        "--hash",
+        "ring hash family",
+        choices=FAMILY_NAMES,
+        doc="ring family: " + ", ".join(f"`{name}`" for name in FAMILY_NAMES),
+    )
+    slots: int | None = setting(
+        None,
+        "--slots",
+        "ring slots / table size (family default if unset)",
+        parse=int,
+        gt=0,
+        shown="family's",
+        doc="ring size / table size (prime for `maglev`)",
+    )
+    vnodes: int | None = setting(
+        None,
+        "--vnodes",
+        "virtual nodes per replica (family default if unset)",
+        parse=int,
+        gt=0,
+        shown="family's",
+    )
     #: Collision probing of the seed families: "quadratic" (SPEC) or "linear".
-    probe: str = "quadratic"
-    start_timeout: float = 10.0
-    stop_timeout: float = 5.0
-    #: The command each replica runs (``--replica-cmd``, backends/command.py); None runs
-    #: ``python -m server_app`` (process backend) or the image's own command (docker).
-    replica_cmd: str | None = None
-    #: Extra ``KEY=VALUE`` environment for every replica (``--replica-env``, repeatable).
-    replica_env: tuple[str, ...] = ()
+    probe: str = setting(
+        "quadratic",
+        "--probe",
+        "collision probing of the seed families: slot+1, +4, +9, ... (quadratic, the "
+        "assignment's) or slot+1, +2, +3, ... (linear)",
+        choices=("quadratic", "linear"),
+    )
+    start_timeout: float = setting(
+        10.0,
+        "--start-timeout",
+        "seconds a new replica has to pass its heartbeats",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
+    stop_timeout: float = setting(
+        5.0,
+        "--stop-timeout",
+        "seconds to drain and stop a replica before killing it",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
+    #: The command each replica runs (backends/command.py); None runs ``python -m server_app``
+    #: (process backend) or the image's own command (docker).
+    replica_cmd: str | None = setting(
+        None,
+        "--replica-cmd",
+        "the command each replica runs; {port}, {name}, {ring_id} are substituted and PORT, "
+        "SERVER_ID, LBPROXY_RING_ID set (default: python -m server_app on the process "
+        "backend, the image's own command on docker)",
+        parse=argtypes.replica_template,
+        shown="python -m server_app",
+        doc="the command each replica runs (process backend; on docker the container's "
+        "command, default the image's); `{port}`, `{name}`, `{ring_id}` substituted, `PORT`, "
+        "`SERVER_ID`, `LBPROXY_RING_ID` in its environment",
+    )
+    #: Extra ``KEY=VALUE`` environment for every replica (repeatable).
+    replica_env: tuple[str, ...] = setting(
+        (),
+        "--replica-env",
+        "extra environment for every replica, repeatable",
+        parse=argtypes.env_pair,
+        repeat=True,
+        metavar="KEY=VALUE",
+        doc="extra environment for every replica, repeatable "
+        "(`LBPROXY_REPLICA_ENV='A=1 B=\"two words\"'`)",
+    )
     #: Seconds between resyncs (list what runs, converge on it); events trigger them too.
-    resync_interval: float = 10.0
+    resync_interval: float = setting(
+        10.0,
+        "--resync-interval",
+        "seconds between resyncs: list what runs, remove orphans, replace the missing",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
     #: Overall bound on a graceful shutdown; below Compose's 30 s grace before SIGKILL.
-    shutdown_timeout: float = 25.0
+    shutdown_timeout: float = setting(
+        25.0,
+        "--shutdown-timeout",
+        "bound on a graceful shutdown (below Compose's 30 s grace); then replicas are killed",
+        parse=float,
+        gt=0,
+        unit="s",
+    )
     #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".
-    admin_token: str | None = None
+    admin_token: str | None = setting(
+        None,
+        "--admin-token",
+        "require 'Authorization: Bearer TOKEN' on /add, /rm and other mutating calls",
+        secret=True,
+        auto=_token_from_file,
+        shown="unset",
+    )
+    #: A file holding that token (a Docker secret); read only when no token is given.
+    admin_token_file: str | None = setting(
+        None,
+        "--admin-token-file",
+        "read the admin token from this file (a Docker secret under /run/secrets/)",
+    )
     #: When set, the balancer's own endpoints listen here only (not on the public port).
-    admin_host: str = "127.0.0.1"
-    admin_port: int | None = None
+    admin_host: str = setting("127.0.0.1", "--admin-host", "address of the separate admin listener")
+    admin_port: int | None = setting(
+        None,
+        "--admin-port",
+        "serve /rep, /add, /rm and /lbproxy/* on this port only, not the public one",
+        parse=int,
+        ge=0,
+        le=65535,
+    )
     #: PEM certificate chain and key: the public listener then speaks TLS only (HTTPS).
-    tls_cert: str | None = None
-    tls_key: str | None = None
+    tls_cert: str | None = setting(
+        None,
+        "--tls-cert",
+        "PEM certificate chain: the public listener speaks TLS 1.2+ (ALPN http/1.1)",
+        doc="PEM certificate chain: the public listener speaks TLS 1.2+, ALPN `http/1.1`, "
+        "`X-Forwarded-Proto: https` (docs/operations.md); plain HTTP when unset",
+    )
+    tls_key: str | None = setting(
+        None,
+        "--tls-key",
+        "PEM private key for --tls-cert (default: in the cert file)",
+        shown="in the cert file",
+    )
     #: Serve the admin endpoints on a non-loopback public listener with no token anyway
     #: (Traefik's ``api.insecure``). Off: such a balancer refuses to start (admin_exposure).
-    insecure_admin: bool = False
+    insecure_admin: bool = setting(
+        False,
+        "--insecure-admin",
+        "allow the admin endpoints on a non-loopback listener without a token",
+        parse=argtypes.boolean,
+        switch=True,
+    )
+    #: The event loop (uvloop when installed, unless asked for asyncio) and the log level.
+    loop: str = setting(
+        "auto",
+        "--loop",
+        "event loop",
+        choices=("auto", "uvloop", "asyncio"),
+        doc="event loop: `uvloop` when installed (`auto`), or `asyncio`",
+    )
+    log_level: str = setting(
+        "info", "--log-level", "log level", choices=("debug", "info", "warning", "error")
+    )
     health: HealthConfig = field(default_factory=HealthConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
@@ -223,6 +686,73 @@ class Config:
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed (tests use this to shrink intervals)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (one sentence naming the flag) if a setting is out of its
+        declared bounds or contradicts another; the CLI calls it before anything starts."""
+        problem = check_bounds(self)
+        for check in CROSS_CHECKS:
+            if problem is not None:
+                raise ConfigError(problem)
+            problem = check(self)
+        if problem is not None:
+            raise ConfigError(problem)
+
+
+class ConfigError(ValueError):
+    """A setting the balancer cannot run with; the message names the flag and says why."""
+
+
+def _ring_check(config: Config) -> str | None:
+    """The family refuses some sizes (Maglev's table must be prime): say so before start."""
+    from lbproxy.ring import make_family
+
+    try:
+        make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
+    except ValueError as exc:
+        reason = str(exc).removeprefix(f"{config.hash}: ")
+        given = f" --slots {config.slots}" if config.slots is not None else ""
+        given += f" --vnodes {config.vnodes}" if config.vnodes is not None else ""
+        if "prime" in reason:
+            reason += (
+                " (Maglev needs a prime table size: only then does each replica's "
+                "permutation reach every entry)"
+            )
+        return f"--hash {config.hash}{given}: {reason}"
+    return None
+
+
+def _tls_check(config: Config) -> str | None:
+    if config.tls_key and not config.tls_cert:
+        return "--tls-key needs --tls-cert (the certificate chain it belongs to)"
+    return None
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("", "0.0.0.0", "::")
+
+
+def _admin_port_check(config: Config) -> str | None:
+    same = config.admin_host == config.host or _wildcard(config.host)
+    if config.admin_port == config.port != 0 and (same or _wildcard(config.admin_host)):
+        return (
+            f"--admin-port {config.admin_port} is also the public --port: the admin listener "
+            "needs a port of its own"
+        )
+    return None
+
+
+def _autoscale_check(config: Config) -> str | None:
+    return config.autoscale.check()
+
+
+#: Checks across fields, in order; each returns one sentence or None.
+CROSS_CHECKS: tuple[Callable[[Config], str | None], ...] = (
+    _tls_check,
+    _admin_port_check,
+    _autoscale_check,
+    _ring_check,
+)
 
 
 def _is_loopback(host: str) -> bool:
