@@ -57,6 +57,8 @@ class HealthConfig:
         "--health-path",
         "path each heartbeat asks for (/ for a service without a health endpoint)",
         parse=argtypes.health_path,
+        doc="path each heartbeat asks for (`/` for a service without a health endpoint); any "
+        "status in `--health-status` passes",
     )
     method: str = setting(
         "GET",
@@ -105,6 +107,7 @@ class ProxyConfig:
         parse=int,
         gt=0,
         shown="16 MiB",
+        doc="largest request body (413 beyond)",
     )
     #: A client must send a whole request head within this many seconds (slowloris guard).
     header_timeout: float = setting(
@@ -114,6 +117,7 @@ class ProxyConfig:
         parse=float,
         gt=0,
         unit="s",
+        doc="slow-client guard: seconds to send a request head (408 beyond)",
     )
     #: An idle keep-alive client connection is closed after this many seconds.
     idle_timeout: float = setting(
@@ -182,8 +186,8 @@ class ProxyConfig:
         "or path; when absent, the X-Request-ID or a random 6-digit id (the assignment's "
         "behaviour)",
         parse=argtypes.key_source,
-        doc="routing key source: `header:NAME`, `query:NAME`, `cookie:NAME`, `client-ip`, "
-        "`path` (see [Routing keys](#routing-keys))",
+        doc="routing key source: `header:NAME`, `query:NAME`, `cookie:NAME`, `client-ip`, `path` "
+        "(see [Routing keys](#routing-keys))",
     )
     #: A replica's 404 becomes SPEC's 400 "endpoint does not exist in server replicas" body.
     #: Unset, it is on for server_app replicas only: a user's own service's 404 passes through.
@@ -196,6 +200,7 @@ class ProxyConfig:
         metavar="{on,off}",
         auto=_rewrite_404_auto,
         shown="on for server_app, else off",
+        doc="turn a replica's 404 into the assignment's 400 \"endpoint does not exist\" body",
     )
     #: Per-phase latency histograms (head, pipeline, acquire, upstream, relay, loop lag) in
     #: /lbproxy/metrics; off by default because each mark costs a clock read per request.
@@ -205,6 +210,8 @@ class ProxyConfig:
         "histograms of where requests wait (head, acquire, upstream, ...) in the metrics",
         parse=argtypes.boolean,
         switch=True,
+        doc="per-phase wait histograms (`lbproxy_phase_seconds`) in the metrics; see "
+        "docs/performance.md",
     )
     #: Upstream connections per replica, at most (HAProxy's server ``maxconn``); requests
     #: beyond wait in the replica's FIFO queue. 0: no cap (a connection per waiting request,
@@ -216,6 +223,9 @@ class ProxyConfig:
         "the replica's FIFO queue (0: no cap)",
         parse=int,
         ge=0,
+        doc="upstream connections per replica at most (HAProxy `maxconn`; 0: no cap); requests "
+        "beyond wait in the replica's FIFO queue, 503 after `--queue-timeout` "
+        "(docs/performance.md)",
     )
     #: Seconds a request may wait in that queue before it is answered 503.
     queue_timeout: float = setting(
@@ -236,6 +246,9 @@ class ProxyConfig:
         parse=argtypes.cidr_list,
         metavar="CIDR,...",
         shown="none",
+        doc="proxies in front of lbproxy: their `X-Forwarded-For/-Proto/-Host` and `Forwarded` are"
+        " kept and this hop appended; from any other client they are replaced "
+        "([docs/conformance.md](docs/conformance.md))",
     )
     #: Pooled upstream connections idle this long are closed: below the replica servers'
     #: keep-alive (uvicorn and Node close idle connections after 5 s, aiohttp's server
@@ -247,6 +260,9 @@ class ProxyConfig:
         parse=float,
         gt=0,
         unit="s",
+        doc="pooled connections to a replica idle this long are closed (below uvicorn's/Node's 5 s"
+        " keep-alive); a request whose pooled connection turns out closed before any response "
+        "byte is resent on another connection to the same replica, any method",
     )
 
 
@@ -255,13 +271,22 @@ class DockerConfig:
     """Where and how the Docker backend creates replica containers."""
 
     image: str = setting(
-        "lbproxy-server:latest", "--docker-image", "replica image (docker backend)"
+        "lbproxy-server:latest",
+        "--docker-image",
+        "replica image (docker backend)",
+        doc="replica image (docker and swarm backends)",
     )
     network: str = setting(
-        "lbproxy-net", "--docker-network", "network the replica containers join (docker backend)"
+        "lbproxy-net",
+        "--docker-network",
+        "network the replica containers join (docker backend)",
+        doc="network the replica containers join (docker backend)",
     )
     pool: str = setting(
-        "lbproxy", "--pool", "pool name labelled on the containers (docker backend)"
+        "lbproxy",
+        "--pool",
+        "pool name labelled on the containers (docker backend)",
+        doc="pool name labelled on the containers and services (docker and swarm backends)",
     )
     #: The port the replica listens on inside its container.
     replica_port: int = setting(
@@ -279,6 +304,7 @@ class DockerConfig:
         parse=int,
         gt=0,
         unit="MiB",
+        doc="memory limit per replica container (and per Swarm task)",
     )
     cpus: float = setting(
         0.5,
@@ -286,6 +312,7 @@ class DockerConfig:
         "CPU limit per replica container (and per Swarm task)",
         parse=float,
         gt=0,
+        doc="CPU limit per replica container (and per Swarm task)",
     )
     docker_url: str | None = setting(
         None,
@@ -293,6 +320,7 @@ class DockerConfig:
         "Docker engine URL for the docker and swarm backends (default: DOCKER_HOST or the "
         "local socket)",
         shown="DOCKER_HOST or the local socket",
+        doc="the Docker engine the docker and swarm backends talk to",
     )
 
 
@@ -326,8 +354,8 @@ class AutoscaleConfig:
         metavar="MIN:MAX",
         expand=_autoscale_bounds,
         shown="unset (off)",
-        doc="scale the pool between MIN and MAX from its in-flight requests; MIN 0 scales "
-        "to zero ([docs/autoscale.md](docs/autoscale.md))",
+        doc="scale the pool between MIN and MAX from its in-flight requests; MIN 0 scales to zero "
+        "([docs/autoscale.md](docs/autoscale.md))",
     )
     min_replicas: int = 1
     max_replicas: int = 10
@@ -383,6 +411,7 @@ class AutoscaleConfig:
         "panic when the panic window asks for this many times the ready replicas",
         parse=float,
         gt=0,
+        doc="autoscale: panic when the panic window asks for this many times the ready replicas",
     )
     #: At most ``ceil(rate * ready)`` replicas after one decision (ready 0 counts as 1).
     max_scale_up_rate: float = setting(
@@ -391,6 +420,7 @@ class AutoscaleConfig:
         "at most this many times the ready replicas after one decision",
         parse=float,
         gt=1,
+        doc="autoscale: at most this many times the ready replicas after one decision (x10)",
     )
     #: At least ``floor(ready / rate)`` replicas after one decision.
     max_scale_down_rate: float = setting(
@@ -399,6 +429,7 @@ class AutoscaleConfig:
         "at least 1/this of the replicas remain after one decision",
         parse=float,
         gt=1,
+        doc="autoscale: at least 1/this of the replicas remain after one decision (÷2)",
     )
     #: A scale-down follows the highest recommendation of this many seconds (HPA's
     #: stabilisation window): one quiet moment does not shrink the pool.
@@ -409,6 +440,8 @@ class AutoscaleConfig:
         parse=float,
         ge=0,
         unit="s",
+        doc="autoscale: stabilisation window: seconds of lower recommendations before the pool "
+        "shrinks",
     )
     #: Scale to zero (min 0): requests arriving at an empty pool wait this long at most for a
     #: replica to start, and at most this many wait; 503 beyond either.
@@ -419,6 +452,7 @@ class AutoscaleConfig:
         parse=float,
         gt=0,
         unit="s",
+        doc="scale to zero: how long a request waits for a cold start (503 beyond)",
     )
     hold_queue: int = setting(
         1000,
@@ -426,6 +460,7 @@ class AutoscaleConfig:
         "scale to zero: requests that may wait for a replica at once (503 beyond)",
         parse=int,
         gt=0,
+        doc="scale to zero: how many requests may wait for a cold start at once (503 beyond)",
     )
 
     def check(self) -> str | None:
@@ -467,6 +502,8 @@ class SwarmConfig:
         "--swarm-constraints",
         "comma-separated placement constraints, e.g. 'node.role==worker' (swarm)",
         parse=argtypes.constraint_list,
+        doc="swarm: comma-separated placement constraints, e.g. "
+        "`node.role==worker,node.labels.zone==a`",
     )
     #: Seconds between full lists of the pool's services and tasks (events come sooner).
     sync_interval: float = setting(
@@ -476,6 +513,8 @@ class SwarmConfig:
         parse=float,
         gt=0,
         unit="s",
+        doc="swarm: full list of the pool's services and tasks at least this often (engine events "
+        "trigger one sooner)",
     )
     #: Stack namespace labelled on replica services so `docker stack rm` removes them.
     stack: str = setting(
@@ -483,6 +522,8 @@ class SwarmConfig:
         "--swarm-stack",
         "stack namespace labelled on replica services, for `docker stack rm` (swarm)",
         shown="unset",
+        doc="swarm: stack namespace labelled on replica services so `docker stack rm` removes them"
+        " (stack.yaml sets it)",
     )
 
 
@@ -518,8 +559,8 @@ class Config:
         "--backend",
         "where replicas run: local processes, Docker containers or Swarm services",
         choices=("process", "docker", "swarm"),
-        doc="`process` (local `python -m server_app` children), `docker` or `swarm` (one "
-        "Swarm service per replica, [docs/swarm.md](docs/swarm.md))",
+        doc="`process` (local `python -m server_app` children), `docker` or `swarm` (one Swarm "
+        "service per replica, [docs/swarm.md](docs/swarm.md))",
     )
     hash: str = setting(
         DEFAULT_FAMILY,
@@ -552,6 +593,8 @@ class Config:
         "collision probing of the seed families: slot+1, +4, +9, ... (quadratic, the "
         "assignment's) or slot+1, +2, +3, ... (linear)",
         choices=("quadratic", "linear"),
+        doc="collision probing of the seed families: `quadratic` (slot+1, +4, +9, ..., the "
+        "assignment's) or `linear` (slot+1, +2, +3, ...)",
     )
     start_timeout: float = setting(
         10.0,
@@ -560,6 +603,7 @@ class Config:
         parse=float,
         gt=0,
         unit="s",
+        doc="a new replica's time to pass its heartbeats, in seconds",
     )
     stop_timeout: float = setting(
         5.0,
@@ -568,6 +612,7 @@ class Config:
         parse=float,
         gt=0,
         unit="s",
+        doc="bound on draining and stopping one replica, in seconds; then it is killed",
     )
     #: The command each replica runs (backends/command.py); None runs ``python -m server_app``
     #: (process backend) or the image's own command (docker).
@@ -579,8 +624,8 @@ class Config:
         "backend, the image's own command on docker)",
         parse=argtypes.replica_template,
         shown="python -m server_app",
-        doc="the command each replica runs (process backend; on docker the container's "
-        "command, default the image's); `{port}`, `{name}`, `{ring_id}` substituted, `PORT`, "
+        doc="the command each replica runs (process backend; on docker the container's command, "
+        "default the image's); `{port}`, `{name}`, `{ring_id}` substituted, `PORT`, "
         "`SERVER_ID`, `LBPROXY_RING_ID` in its environment",
     )
     #: Extra ``KEY=VALUE`` environment for every replica (repeatable).
@@ -591,8 +636,8 @@ class Config:
         parse=argtypes.env_pair,
         repeat=True,
         metavar="KEY=VALUE",
-        doc="extra environment for every replica, repeatable "
-        "(`LBPROXY_REPLICA_ENV='A=1 B=\"two words\"'`)",
+        doc="extra environment for every replica, repeatable (`LBPROXY_REPLICA_ENV='A=1 B=\"two "
+        "words\"'`)",
     )
     #: Seconds between resyncs (list what runs, converge on it); events trigger them too.
     resync_interval: float = setting(
@@ -602,6 +647,8 @@ class Config:
         parse=float,
         gt=0,
         unit="s",
+        doc="how often the reconciler lists what runs and converges on it (orphans removed, "
+        "missing replaced)",
     )
     #: Overall bound on a graceful shutdown; below Compose's 30 s grace before SIGKILL.
     shutdown_timeout: float = setting(
@@ -611,6 +658,8 @@ class Config:
         parse=float,
         gt=0,
         unit="s",
+        doc="bound on a graceful shutdown; after it (or a second signal) replicas are killed and "
+        "removed",
     )
     #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".
     admin_token: str | None = setting(
@@ -620,12 +669,15 @@ class Config:
         secret=True,
         auto=_token_from_file,
         shown="unset",
+        doc="bearer token for mutating admin calls (`Authorization: Bearer TOKEN` on /add, /rm, "
+        "PUT /lbproxy/weight)",
     )
     #: A file holding that token (a Docker secret); read only when no token is given.
     admin_token_file: str | None = setting(
         None,
         "--admin-token-file",
         "read the admin token from this file (a Docker secret under /run/secrets/)",
+        doc="read that token from a file, e.g. a Docker secret under `/run/secrets/`",
     )
     #: When set, the balancer's own endpoints listen here only (not on the public port).
     admin_host: str = setting("127.0.0.1", "--admin-host", "address of the separate admin listener")
@@ -636,6 +688,8 @@ class Config:
         parse=int,
         ge=0,
         le=65535,
+        doc="a separate listener for the balancer's own endpoints (/rep, /add, /rm, /lbproxy/*), "
+        "which then leave the public port",
     )
     #: PEM certificate chain and key: the public listener then speaks TLS only (HTTPS).
     tls_cert: str | None = setting(
@@ -659,6 +713,8 @@ class Config:
         "allow the admin endpoints on a non-loopback listener without a token",
         parse=argtypes.boolean,
         switch=True,
+        doc="start even though the admin endpoints are on a non-loopback public listener without a"
+        " token (otherwise the balancer refuses, like Traefik without `api.insecure`)",
     )
     #: The event loop (uvloop when installed, unless asked for asyncio) and the log level.
     loop: str = setting(

@@ -196,3 +196,46 @@ def shown_default(s: Setting, value: Any, declared: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+#: The README's flag table sits between these lines; scripts/readme_flags.py rewrites it.
+TABLE_BEGIN = "<!-- flag table: generated from lbproxy/config.py by scripts/readme_flags.py -->"
+TABLE_END = "<!-- end of flag table -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _default_cell(s: Setting, value: Any) -> str:
+    if s.shown is not None or value is None or isinstance(value, (bool, tuple)):
+        return shown_default(s, value, value)
+    if isinstance(value, (int, float)):
+        return f"{value:g}" + (f" {s.unit}" if s.unit else "")
+    return f"`{value}`" if value else "none"
+
+
+def flag_table(cls: type) -> str:
+    """The Markdown flag table of ``cls``'s settings: one row per flag, declaration order."""
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for _path, f, s in walk(cls):
+        if s.flag is None:
+            continue
+        flag = f"`{s.flag} {s.metavar}`" if s.metavar and s.metavar.isupper() else f"`{s.flag}`"
+        if s.metavar and not s.metavar.isupper() and not s.metavar.startswith("{"):
+            flag = f"`{s.flag} {s.metavar}`"
+        value = f.default if s.given_default else None
+        meaning = s.doc or s.help
+        if s.doc is None and s.choices is not None:
+            meaning += ": " + ", ".join(f"`{choice}`" for choice in s.choices)
+        rows.append(f"| {flag} | {_cell(_default_cell(s, value))} | {_cell(meaning)} |")
+    return "\n".join(rows)
+
+
+def replace_table(text: str, table: str) -> str:
+    """``text`` (the README) with the part between the markers replaced by ``table``."""
+    head, begin, rest = text.partition(TABLE_BEGIN)
+    _old, end, tail = rest.partition(TABLE_END)
+    if not begin or not end:
+        raise ValueError(f"the README has no {TABLE_BEGIN!r} ... {TABLE_END!r} block")
+    return f"{head}{begin}\n{table}\n{end}{tail}"

@@ -1,7 +1,8 @@
 """The README's flag table names every `lbproxy serve` flag, and no flag that is gone.
 
-Issue 13: the table is written by hand, so a test catches it going stale the day a flag is
-added or renamed. A row may name several flags in its first cell.
+Issue 13: the table is generated from the settings declared on Config (lbproxy/config.py,
+scripts/readme_flags.py), so a test catches the committed table going stale the day a flag
+is added, renamed or its default changes. A row may name several flags in its first cell.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from lbproxy.cli import build_parser
+from lbproxy.config import Config
+from lbproxy.settings import TABLE_BEGIN, TABLE_END, Setting, flag_table, replace_table
 
 pytestmark = pytest.mark.unit
 
@@ -42,3 +45,42 @@ def test_every_serve_flag_has_a_row() -> None:
 
 def test_no_row_names_a_flag_that_is_gone() -> None:
     assert sorted(_table_flags() - _serve_flags()) == []
+
+
+def test_the_table_is_the_generated_one() -> None:
+    """Fix a failure with ``python scripts/readme_flags.py`` (never by hand)."""
+    text = README.read_text(encoding="utf-8")
+    assert replace_table(text, flag_table(Config)) == text
+
+
+def test_the_generator_writes_one_row_per_flag_from_the_declarations() -> None:
+    table = flag_table(Config).splitlines()
+    assert table[:2] == ["| flag | default | meaning |", "|---|---|---|"]
+    assert len(table) - 2 == len(_serve_flags())
+    rows = {row.split(" | ")[0].removeprefix("| "): row for row in table[2:]}
+    assert rows["`--heartbeat-interval`"].endswith("| 1 s | seconds between heartbeat rounds |")
+    assert "| 16 MiB |" in rows["`--max-body`"]
+    assert "| unset (off) |" in rows["`--autoscale MIN:MAX`"]
+    assert rows["`--log-level`"].endswith("`debug`, `info`, `warning`, `error` |")
+
+
+def test_a_pipe_in_a_help_text_cannot_break_the_table() -> None:
+    from dataclasses import dataclass
+
+    from lbproxy.settings import setting
+
+    @dataclass(frozen=True)
+    class Tiny:
+        mode: str = setting("a", "--mode", "a|b", choices=("a", "b"))
+
+    row = flag_table(Tiny).splitlines()[2]
+    assert row == "| `--mode` | `a` | a\\|b: `a`, `b` |"
+    assert isinstance(Tiny.__dataclass_fields__["mode"].metadata["setting"], Setting)
+
+
+def test_replacing_needs_both_markers() -> None:
+    with pytest.raises(ValueError, match="flag table"):
+        replace_table("no markers here", "| x |")
+    assert replace_table(f"a\n{TABLE_BEGIN}\nold\n{TABLE_END}\nb", "new") == (
+        f"a\n{TABLE_BEGIN}\nnew\n{TABLE_END}\nb"
+    )
