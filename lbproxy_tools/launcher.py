@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,26 +140,34 @@ def clean_env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def run_balancer(
-    *extra: str, replicas: int = 3, port: int | None = None
+    *extra: str,
+    replicas: int = 3,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    fast_heartbeat: bool = True,
+    up_timeout: float = 20.0,
 ) -> Iterator[RunningBalancer]:
-    """Start ``lbproxy serve`` on a free loopback port; SIGTERM it (then SIGKILL) on exit."""
+    """Start ``lbproxy serve`` on a free loopback port; SIGTERM it (then SIGKILL) on exit.
+
+    ``env``: variables added to the clean environment (the replicas inherit them, e.g.
+    ``SERVER_DELAY_MS``). ``fast_heartbeat``: heartbeat every 0.2 s (timeout 0.5 s) so a
+    test sees deaths and starts sooner; False keeps the defaults a user gets (A-5 measures
+    those).
+    """
     port = port or free_loopback_port()
+    heartbeat = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "0.5")
     cmd = serve_command(
         port,
         replicas,
-        "--heartbeat-interval",
-        "0.2",
-        "--heartbeat-timeout",
-        "0.5",
+        *(heartbeat if fast_heartbeat else ()),
         "--log-level",
         "warning",
         *extra,
     )
-    env = clean_env()
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    proc = subprocess.Popen(cmd, env=clean_env() | dict(env or {}), preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/rep", proc=proc)
+        wait_http(url + "/rep", timeout=up_timeout, proc=proc)
         yield RunningBalancer(proc, url)
     finally:
         if proc.poll() is None:

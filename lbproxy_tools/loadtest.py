@@ -11,7 +11,12 @@ file, one per line (cycled when the file has fewer ids than requests). The repli
 served a response is read from the ``/home`` body (``"Hello from Server: <name>"``), or
 from a response header naming it when the body does not.
 
-``run_load`` is the engine; ``lbproxy analyze`` and the tests call it directly.
+``run_load`` is the engine; ``lbproxy analyze`` and the tests call it directly. It runs
+closed-loop (each worker sends its next request when the last one is answered), paced
+(``rate``: request i goes at i / rate) or open-loop on a schedule (``schedule``: request i
+goes at its own offset whatever the answers do, and its latency and its deadline count
+from that scheduled time, so a slow server cannot slow the client down and hide its own
+latency: no coordinated omission). A-5's stepped and ramped load is such a schedule.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "make_ids",
     "replica_of",
     "run_load",
+    "schedule_of",
 ]
 
 REQUEST_ID = "X-Request-ID"
@@ -84,10 +90,11 @@ class LatencySummary:
 class Sample:
     """One request, kept only with ``record=True``: when it was sent and what came back."""
 
-    sent: float  # wall-clock time.time() when it was sent
-    latency: float  # seconds
+    sent: float  # wall-clock time.time() when it was sent (scheduled, with ``schedule``)
+    latency: float  # seconds (from the scheduled time, with ``schedule``)
     outcome: str  # "ok", an HTTP status ("502") or an exception class name
     replica: str | None
+    index: int = -1  # its place in ``ids`` (and in ``schedule``)
 
 
 @dataclass
@@ -158,6 +165,33 @@ def make_ids(kind: str, requests: int, seed: int | None = None) -> list[str]:
     if not ids:
         raise ValueError(f"--ids {kind!r}: the file holds no ids (one per line)")
     return ids
+
+
+Profile = Sequence[tuple[float, float, float, float]]
+
+
+def rate_at(t: float, profile: Profile) -> float:
+    """The offered rate (req/s) at ``t`` s of a profile of (start s, end s, rate at start,
+    rate at end) phases, linear within each phase: a step is two phases, a ramp one."""
+    for a, b, r0, r1 in profile:
+        if a <= t < b:
+            return r0 + (r1 - r0) * (t - a) / (b - a)
+    return 0.0
+
+
+def schedule_of(profile: Profile, step: float = 0.001) -> list[float]:
+    """Send offsets (s) for ``run_load(schedule=...)``: request i goes when the integral of
+    the profile's rate reaches i (so a phase at R req/s for T s sends about R x T)."""
+    times: list[float] = []
+    t, acc = 0.0, 0.0
+    end = profile[-1][1] if profile else 0.0
+    while t < end:
+        acc += rate_at(t, profile) * step
+        while acc >= 1.0:
+            times.append(t)
+            acc -= 1.0
+        t += step
+    return times
 
 
 def _name_in_body(body: bytes) -> str | None:
@@ -239,6 +273,7 @@ async def run_load(
     record: bool = False,
     seed: int | None = None,
     meter: Meter | None = None,
+    schedule: Sequence[float] | None = None,
 ) -> LoadResult:
     """Send ``requests`` GETs to ``url + path`` from ``concurrency`` workers; count outcomes.
 
@@ -249,6 +284,13 @@ async def run_load(
     mid-run waits on it). ``seed`` is only reported back. Requests that fail count in
     ``errors`` by kind: the HTTP status for a non-2xx answer, the exception class name for
     a transport error.
+
+    ``schedule`` (open loop; sorted offsets in seconds from the start, one per request, so
+    ``requests`` must equal its length): request i is sent at its offset by whichever of the
+    ``concurrency`` workers is free; its latency counts from the offset, and it fails as
+    ``TimeoutError`` once ``timeout`` has passed since the offset (without being sent when
+    no worker was free in time). ``concurrency`` is then the most requests in flight:
+    size it above rate x timeout to keep the load open-loop under a stalled server.
     """
     if requests < 0:
         raise ValueError(f"requests must not be negative, got {requests}")
@@ -258,6 +300,11 @@ async def run_load(
         raise ValueError("ids must not be empty")
     if rate is not None and rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")
+    if schedule is not None:
+        if rate is not None:
+            raise ValueError("rate and schedule are exclusive")
+        if len(schedule) != requests:
+            raise ValueError(f"schedule has {len(schedule)} offsets for {requests} requests")
     target = url.rstrip("/") + (path if path.startswith("/") else "/" + path)
     n_ids = len(ids)
     per_replica: dict[str, int] = {}
@@ -277,17 +324,35 @@ async def run_load(
         for i in indices:
             if stop is not None and stop.is_set():
                 return
+            due: float | None = None  # perf_counter time it is scheduled for (open loop)
+            budget: aiohttp.ClientTimeout | None = None
             if rate is not None:
                 delay = start + i / rate - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                     if stop is not None and stop.is_set():
                         return
+            elif schedule is not None:
+                due = started_perf + schedule[i]
+                delay = due - perf()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                    if stop is not None and stop.is_set():
+                        return
+                # The deadline counts from the scheduled time, not from when a worker was free.
+                budget = aiohttp.ClientTimeout(total=due + timeout - perf())
             headers = {REQUEST_ID: ids[i % n_ids]}
             replica: str | None = None
-            sent = perf()
+            sent = perf() if due is None else due
             try:
-                async with session.get(target, headers=headers) as resp:
+                if budget is not None and budget.total is not None and budget.total <= 0:
+                    raise TimeoutError("no worker was free before the request's deadline")
+                request = (
+                    session.get(target, headers=headers)
+                    if budget is None
+                    else session.get(target, headers=headers, timeout=budget)
+                )
+                async with request as resp:
                     body = await resp.read()
                     status = resp.status
                     if 200 <= status < 300:
@@ -316,7 +381,7 @@ async def run_load(
                 errors[outcome] = errors.get(outcome, 0) + 1
             if record:
                 samples.append(
-                    Sample(started_wall + (sent - started_perf), elapsed, outcome, replica)
+                    Sample(started_wall + (sent - started_perf), elapsed, outcome, replica, i)
                 )
 
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=0, ttl_dns_cache=None)

@@ -19,8 +19,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from lbproxy_tools.analysis.autoscale import A5
 from lbproxy_tools.analysis.geometry import Circle
 from lbproxy_tools.analysis.runner import KillDrill, Point
+from lbproxy_tools.loadtest import rate_at
 
 DPI = 110
 FAMILY_COLORS = {
@@ -375,5 +377,73 @@ def kill_timeline(drill: KillDrill, path: Path, *, bucket_ms: float = 100.0) -> 
             if label != "killed" and ax is not top:
                 ax.axvline(ms, color="black", linestyle=":", linewidth=0.8)
     bottom.set_xlim(start, end)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def autoscale_timeline(a5: A5, path: Path) -> Path:
+    """A-5 over time, one panel each: offered and answered load, pool size (desired and
+    ready), in-flight per ready replica, p50/p99 latency, failed requests; per scenario."""
+    from lbproxy_tools.analysis import autoscale as a5mod
+
+    prof = a5.options.profile()
+    runs = a5.runs
+    end = prof[-1][1]
+    fig, axes = plt.subplots(5, 1, figsize=(10, 14), sharex=True)
+    colours = {
+        "autoscaled": "tab:blue",
+        f"fixed {a5mod.MIN}": "tab:red",
+        f"fixed {a5mod.MAX}": "tab:green",
+    }
+    ts = [x / 2 for x in range(int(end * 2) + 1)]
+    axes[0].plot(ts, [rate_at(t, prof) for t in ts], color="black", label="offered load")
+    for run in runs:
+        c = colours.get(run.name, "tab:grey")
+        buckets: dict[int, list[float]] = {}
+        fails: dict[int, int] = {}
+        done: dict[int, int] = {}
+        for s, lat, ok in zip(run.sent, run.latency, run.ok, strict=True):
+            k = int(s // 2)
+            buckets.setdefault(k, []).append(lat)
+            if ok:
+                done[k] = done.get(k, 0) + 1
+            else:
+                fails[k] = fails.get(k, 0) + 1
+        keys = sorted(buckets)
+        xs = [k * 2 + 1 for k in keys]
+        axes[0].plot(xs, [done.get(k, 0) / 2 for k in keys], color=c, alpha=0.7,
+                     label=f"{run.name}: answered 200")  # fmt: skip
+        t = [s["t"] for s in run.samples]
+        if run.name == "autoscaled":
+            axes[1].step(t, [s.get("desired", math.nan) for s in run.samples], where="post",
+                         color=c, linestyle="--", label="autoscaled: desired")  # fmt: skip
+        axes[1].step(t, [s.get("ready", math.nan) for s in run.samples], where="post", color=c,
+                     label=f"{run.name}: ready")  # fmt: skip
+        axes[2].plot(t, [s["in_flight_sum"] / max(1.0, s.get("ready", 1.0)) for s in run.samples],
+                     color=c, label=run.name)  # fmt: skip
+        axes[3].plot(xs, [a5mod.pct(buckets[k], 50) * 1000 for k in keys], color=c,
+                     linestyle="--", label=f"{run.name} p50")  # fmt: skip
+        axes[3].plot(xs, [a5mod.pct(buckets[k], 99) * 1000 for k in keys], color=c,
+                     label=f"{run.name} p99")  # fmt: skip
+        axes[4].bar(xs, [fails.get(k, 0) for k in keys], width=1.6, color=c, alpha=0.5,
+                    label=run.name)  # fmt: skip
+    axes[2].axhline(a5mod.TARGET, color="grey", linestyle=":", label=f"target {a5mod.TARGET}")
+    axes[2].axhline(a5mod.CONCURRENCY, color="black", linestyle=":",
+                    label=f"replica slots {a5mod.CONCURRENCY}")  # fmt: skip
+    axes[2].set_ylim(0, 10 * a5mod.CONCURRENCY)  # the fixed-1 pool's backlog runs far off scale
+    axes[0].set_ylabel("req/s")
+    axes[1].set_ylabel("replicas")
+    axes[2].set_ylabel("in flight per ready replica\n(fixed 1 off scale)")
+    axes[3].set_ylabel("latency ms (log)")
+    axes[3].set_yscale("log")
+    axes[4].set_ylabel("failed requests / 2 s")
+    axes[4].set_xlabel("seconds (requests placed by their scheduled send time)")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+    fig.suptitle(
+        f"A-5: autoscaled {a5mod.MIN}:{a5mod.MAX} (target {a5mod.TARGET}) vs fixed pools; "
+        f"replicas {a5mod.DELAY_MS} ms x {a5mod.CONCURRENCY} slots"
+    )
     fig.tight_layout()
     return _save(fig, path)

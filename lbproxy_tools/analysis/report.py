@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import json
 import math
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from lbproxy_tools.analysis import geometry
+from lbproxy_tools.analysis.autoscale import A5
 from lbproxy_tools.analysis.runner import Analysis, Exchange, Point, TimelineEvent
 
 A1_FAMILIES_EXTRA = "seed"
@@ -338,3 +341,128 @@ def write(analysis: Analysis, out: Path) -> Path:
         json.dumps(analysis.to_json(), indent=1, sort_keys=False) + "\n", encoding="utf-8"
     )
     return report
+
+
+# -- A-5 -----------------------------------------------------------------------------------
+
+A5_FILES = {"json": "a5_autoscale.json", "chart": "a5_autoscale.png", "report": "a5_autoscale.md"}
+
+
+#: Figures a run has only when it was autoscaled (or that older a5_autoscale.json lack).
+A5_OPTIONAL = (
+    "step_decision_s",
+    "step_serving_s",
+    "scale_changes",
+    "changes_in_constant_load",
+    "events",
+    "ready_at",
+    "max_desired",
+)
+
+
+def _median(values: list[float]) -> float | None:
+    finite = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(finite) if finite else None
+
+
+def a5_context(results: dict[str, Any]) -> dict[str, object]:
+    """Every value ``a5_autoscale.md.j2`` words, from a5_autoscale.json's figures."""
+    from lbproxy_tools.analysis import autoscale
+
+    bounds = results.get("autoscale") or {}
+    lo = int(bounds.get("min", autoscale.MIN))
+    hi = int(bounds.get("max", autoscale.MAX))
+    target = int(bounds.get("target", autoscale.TARGET))
+    by_name = {r["name"]: r for r in results["runs"]}
+    auto, low, high = by_name["autoscaled"], by_name[f"fixed {lo}"], by_name[f"fixed {hi}"]
+    runs = []
+    for label, r in (
+        (f"autoscaled {lo}:{hi}", auto),
+        (f"fixed {lo} (MIN)", low),
+        (f"fixed {hi} (MAX)", high),
+    ):
+        failures = sorted(
+            ((k, n) for k, n in r["outcomes"].items() if k != "ok" and n), key=lambda kv: -kv[1]
+        )
+        optional = dict.fromkeys(A5_OPTIONAL)  # absent from fixed pools and older runs
+        runs.append({**optional, **r, "label": label, "failures": failures})
+    auto = runs[0]
+    prof = [tuple(p) for p in results["profile"]]
+    plateau_a, plateau_b = prof[3][0], prof[3][1]
+    replica = results["replica"]
+    per_replica = replica["concurrency"] / (replica["delay_ms"] / 1000)
+    peak = prof[3][2]
+    reached = [(int(n), t) for n, t in (auto.get("ready_at") or {}).items() if t is not None]
+    final_n, final_ready = max(reached) if reached else (None, None)
+    ratio = None
+    a99, h99 = auto["settled_peak"]["p99_ms"], high["settled_peak"]["p99_ms"]
+    if not (math.isnan(a99) or math.isnan(h99)) and h99 > 0:
+        ratio = a99 / h99
+    colds = results.get("cold_starts") or []
+    machine = results.get("machine") or {}
+    return {
+        "r": {
+            **results,
+            "machine": {
+                "cpus": machine.get("cpus") or machine.get("nproc"),
+                **{k: machine[k] for k in ("load_start", "load_end") if k in machine},
+            },
+        },
+        "runs": runs,
+        "auto": auto,
+        "low": runs[1],
+        "high": runs[2],
+        "lo": lo,
+        "hi": hi,
+        "auto_target": target,
+        "per_replica": per_replica,
+        "timeout": (results.get("client") or {}).get("timeout_s", autoscale.CLIENT_TIMEOUT),
+        "phases": auto["phases"],
+        "requests": auto["total"]["requests"],
+        "step_at": prof[1][0],
+        "step_rate": prof[1][2],
+        "peak": peak,
+        "needed_peak": math.ceil(peak * replica["delay_ms"] / 1000 / target),
+        "settled_from": (plateau_a + plateau_b) / 2,
+        "settled_to": plateau_b,
+        "final_n": final_n,
+        "final_ready": final_ready,
+        "ratio": ratio,
+        "flapping_ok": all(c["changes"] <= 1 for c in auto.get("changes_in_constant_load") or []),
+        "scale_downs": [t for t, d in auto.get("events") or [] if d.startswith("scaled down")],
+        "colds": colds,
+        "cold_median": {
+            key: _median([c[key] for c in colds])
+            for key in ("decision_ms", "launched_ms", "up_ms", "client_ms")
+        },
+    }
+
+
+def render_a5(results: dict[str, Any]) -> str:
+    """``a5_autoscale.md``: the template ``templates/a5_autoscale.md.j2`` filled in."""
+    return _templates().get_template("a5_autoscale.md.j2").render(a5_context(results))
+
+
+def write_a5(a5: A5, out: Path) -> Path:
+    """A-5's chart, ``a5_autoscale.json`` and ``a5_autoscale.md`` into ``out``."""
+    from lbproxy_tools.analysis import charts
+
+    out.mkdir(parents=True, exist_ok=True)
+    charts.autoscale_timeline(a5, out / A5_FILES["chart"])
+    (out / A5_FILES["json"]).write_text(
+        json.dumps(_jsonable(a5.results), indent=1) + "\n", encoding="utf-8"
+    )
+    path = out / A5_FILES["report"]
+    path.write_text(render_a5(a5.results), encoding="utf-8")
+    return path
+
+
+def _jsonable(obj: object) -> object:
+    """NaN (a window with no request) as null: JSON has no NaN."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
