@@ -37,10 +37,10 @@ run: $(STAMP)
 # -> docker (the real engine, when `docker info` answers) -> slow (fuzz, soak, browser,
 # analysis). Stops at the end of the first failing tier; a tier that collects nothing fails.
 test: $(STAMP)
-	@TIERS_PYTHON=$(BIN)/python PYTEST_ARGS='$(PYTEST_ARGS)' bash scripts/test-tiers.sh unit inprocess process docker slow
+	@TIERS_PYTHON=$(BIN)/python PYTEST_ARGS='$(PYTEST_ARGS)' bash scripts/test-tiers.sh unit,inprocess process docker slow
 
 test-fast: $(STAMP)
-	@TIERS_PYTHON=$(BIN)/python PYTEST_ARGS='$(PYTEST_ARGS)' bash scripts/test-tiers.sh unit inprocess
+	@TIERS_PYTHON=$(BIN)/python PYTEST_ARGS='$(PYTEST_ARGS)' bash scripts/test-tiers.sh unit,inprocess
 
 lint: $(STAMP)
 	$(BIN)/ruff check lbproxy lbproxy_tools server_app tests bench

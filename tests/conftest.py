@@ -7,10 +7,12 @@ without paying a process spawn per replica; failure drills (crash, hang) are met
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,9 +39,18 @@ BASE_TIERS = TIERS[:4]
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--tier",
-        choices=TIERS,
-        help="run only this tier's tests (make test runs the tiers in order)",
+        type=_tier_list,
+        help="run only these tiers' tests, comma-separated, in tier order (unit,inprocess); "
+        "several tiers share one session, which stops at the end of the first failing tier",
     )
+
+
+def _tier_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in TIERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated names out of {TIERS}")
+    return tuple(name for name in TIERS if name in names)
 
 
 def tier_of(item: pytest.Item) -> str | None:
@@ -54,7 +65,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Refuse a test without a tier (before ``-m`` deselects anything), then pick ``--tier``.
 
     A test without a tier would silently run in no tier of ``make test``; failing the
-    collection makes every new file say where it belongs.
+    collection makes every new file say where it belongs. Several tiers run in tier order
+    (a stable sort: files keep their order within a tier), and each must hold tests.
     """
     untiered = [
         item.nodeid
@@ -67,14 +79,65 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             f"{len(untiered)} test(s) declare no tier; add pytestmark = pytest.mark.unit "
             f"(or inprocess, process, docker) to their file:\n  {shown}"
         )
-    tier = config.getoption("--tier")
-    if tier is None:
+    tiers: tuple[str, ...] | None = config.getoption("--tier")
+    if tiers is None:
         return
-    keep = [item for item in items if tier_of(item) == tier]
-    dropped = [item for item in items if tier_of(item) != tier]
+    keep = sorted(
+        (item for item in items if tier_of(item) in tiers),
+        key=lambda item: tiers.index(tier_of(item)),
+    )
+    dropped = [item for item in items if tier_of(item) not in tiers]
+    if len(tiers) > 1:
+        # One session for several tiers: pytest's "nothing collected" exit cannot say that
+        # one of them lost its tests (the docker tier may be empty: no engine, no tests).
+        empty = [t for t in tiers if t != "docker" and not any(tier_of(i) == t for i in keep)]
+        if empty:
+            raise pytest.UsageError(f"tier(s) {', '.join(empty)} collected no tests")
     if dropped:
         config.hook.pytest_deselected(items=dropped)
     items[:] = keep
+
+
+class _TierClock:
+    """When several tiers share a session: each tier's time and outcome, and the stop at the
+    end of the first tier that failed (``make test``'s contract, without paying pytest's
+    start-up and collection once per tier)."""
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+        self.failed: dict[str, int] = {}
+        self.current = "?"
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, object, object]:
+        tier = self.current = tier_of(item) or "?"
+        self.started.setdefault(tier, time.monotonic())
+        try:
+            return (yield)
+        finally:
+            self.ended[tier] = time.monotonic()
+            next_tier = tier_of(nextitem) if nextitem is not None else None
+            if next_tier != tier and nextitem is not None and self.failed.get(tier):
+                item.session.shouldfail = f"tier {tier} failed; later tiers not run"
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed:  # a failed call, or an error in its setup or teardown
+            self.failed[self.current] = self.failed.get(self.current, 0) + 1
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        for tier, start in self.started.items():
+            took = self.ended.get(tier, start) - start
+            verdict = f"{self.failed[tier]} failed" if self.failed.get(tier) else "passed"
+            terminalreporter.write_line(f"== tier {tier} {verdict} in {took:.1f} s")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    tiers = config.getoption("--tier", None)
+    if tiers is not None and len(tiers) > 1:
+        config.pluginmanager.register(_TierClock(), "tier-clock")
 
 
 # Property tests explore with a fixed seed: CI must not fail on a rare draw nobody can
