@@ -13,12 +13,13 @@ import pytest
 from lbproxy_tools.launcher import free_loopback_port
 from lbproxy_tools.loadtest import (
     LatencySummary,
+    Meter,
     format_table,
     make_ids,
     replica_of,
     run_load,
 )
-from tests.conftest import BalancerUnderTest
+from tests.conftest import BalancerUnderTest, wait_for
 
 pytestmark = pytest.mark.inprocess
 
@@ -128,18 +129,31 @@ async def test_ids_cycle_and_samples_are_recorded(lb: BalancerUnderTest) -> None
 
 
 async def test_rate_paces_and_stop_ends_early(lb: BalancerUnderTest) -> None:
+    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    meter = Meter()
+    rate, paced = 100.0, 20
+    began = loop.time()
     task = asyncio.create_task(
-        run_load(lb.url, requests=10_000, concurrency=5, ids=["1"], rate=100, stop=stop)
+        run_load(
+            lb.url, requests=10_000, concurrency=5, ids=["1"], rate=rate, stop=stop, meter=meter
+        )
     )
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: meter.done >= paced)
+    # Request i is not sent before start + i / rate: 20 answers mean request 19 was sent.
+    assert loop.time() - began >= (paced - 1) / rate * 0.99
+    done = meter.done
     stop.set()
     result = await task
-    # about 30 sent in 0.3 s at 100 req/s; far fewer than 10,000 in any case
-    assert 1 <= result.completed < 200
+    # After the stop only the requests already in flight finish: one per worker at most.
+    assert done <= result.completed <= done + 5
     assert result.errors == {}
 
 
+# -- the command: a real `lbproxy loadtest` process (process tier) ---------------------------
+
+
+@pytest.mark.process
 async def test_cli_json_end_to_end(lb: BalancerUnderTest, tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     before = await served(lb.client, lb.url)
@@ -181,6 +195,7 @@ async def test_cli_json_end_to_end(lb: BalancerUnderTest, tmp_path: Path) -> Non
     assert "req/s]" not in stderr.decode()
 
 
+@pytest.mark.process
 async def test_cli_exits_1_when_requests_fail(lb: BalancerUnderTest) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
