@@ -189,7 +189,7 @@ async def test_nothing_is_replaced_once_shutdown_begins(client: aiohttp.ClientSe
     backend = InProcessBackend()
     server = await start_balancer(fast_config(stop_timeout=30.0), backend)
     pool = server.balancer.pool
-    slow = asyncio.create_task(client.get(server.url + "/_t/slow?s=2"))
+    held = asyncio.create_task(client.get(server.url + "/_t/hold"))  # holds the drain open
     await wait_for(lambda: any(r.in_flight for r in pool.replicas()))
     busy = next(r for r in pool.replicas() if r.in_flight)
     other = next(r for r in pool.replicas() if r is not busy)
@@ -197,7 +197,12 @@ async def test_nothing_is_replaced_once_shutdown_begins(client: aiohttp.ClientSe
     await wait_for(lambda: server.balancer.reconciler.closing)
     launched = len(backend.launched)
     await backend.crash(other.name)  # dies during the drain
-    async with await slow as r:  # the in-flight request still completes
+    # A replacement would launch within a few loop turns; give it far more than that.
+    with pytest.raises(AssertionError, match="not reached"):
+        await wait_for(lambda: len(backend.launched) > launched, timeout=0.3)
+    assert not stopping.done()  # still draining the held request
+    backend.release.set()
+    async with await held as r:  # the in-flight request still completes
         assert r.status == 200
     await stopping
     assert len(backend.launched) == launched, "a replica was replaced during shutdown"
