@@ -11,17 +11,27 @@ the leftovers of one, sees it at once.
 The raw client parses responses itself (independently of the code under test), knowing
 what it asked for (HEAD), so a stray ``0\\r\\n\\r\\n`` or a missing body breaks the parse of
 the *next* response on the same connection: the way a real client would desync.
+
+A case's inputs can go to two proxies (a ``Target``): lbproxy in-process (``LbproxyTarget``)
+or HAProxy in front of the same scripted upstream (``HaproxyTarget``: the project's
+reference where a behaviour is in doubt). The case is the same code either way, so the
+inputs are byte for byte the same; bench/conformance_vs_haproxy.py runs both and tabulates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httptools
 
@@ -102,12 +112,15 @@ class _UpstreamConn(asyncio.Protocol):
         self.cur: Seen | None = None
         self.url = b""
         self.body_event = asyncio.Event()
+        #: Carried a request other than a heartbeat (see ScriptedUpstream.data_connections).
+        self.carried = False
         self.task = asyncio.get_running_loop().create_task(self.run())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.conns.add(self)
         self.server.connections += 1
+        self.server.every_conn.append(self)
 
     def data_received(self, data: bytes) -> None:
         self.server.raw += data
@@ -141,6 +154,8 @@ class _UpstreamConn(asyncio.Protocol):
         cur.method = self.parser.get_method()
         cur.path = self.url
         self.server.seen.append(cur)
+        if cur.path != b"/heartbeat":
+            self.carried = True
         if self._script_for(cur)[1]:
             self.queue.put_nowait(cur)
 
@@ -211,6 +226,7 @@ class ScriptedUpstream:
         self.seen: list[Seen] = []
         self.raw = bytearray()  # appended in place: += on bytes is quadratic
         self.conns: set[_UpstreamConn] = set()
+        self.every_conn: list[_UpstreamConn] = []
         self.connections = 0
         self.parse_errors = 0
         self.stalled = asyncio.Event()
@@ -225,6 +241,11 @@ class ScriptedUpstream:
     def requests(self) -> list[Seen]:
         """What reached the upstream, heartbeats left out."""
         return [s for s in self.seen if s.path != b"/heartbeat"]
+
+    def data_connections(self) -> int:
+        """Connections that carried a request (heartbeats left out): 1 after several
+        sequential exchanges means the proxy kept reusing the first one."""
+        return sum(1 for c in self.every_conn if c.carried)
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -316,9 +337,17 @@ class Desync(AssertionError):
 class RawClient:
     """A client on one raw connection: sends bytes, reads responses strictly."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        trace: list[str] | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
+        #: What this client read, one short entry per response ("200[a] length"): the
+        #: comparison table shows it where two proxies differ.
+        self.trace: list[str] = [] if trace is None else trace
 
     def send(self, data: bytes) -> None:
         self.writer.write(data)
@@ -327,16 +356,22 @@ class RawClient:
         try:
             return await asyncio.wait_for(coro, GUARD)  # type: ignore[arg-type]
         except TimeoutError:
+            self.trace.append("hang")
             raise AssertionError("no response within the hang guard") from None
 
     async def read_head(self) -> Response:
         try:
             head = await self._read(self.reader.readuntil(b"\r\n\r\n"))
         except asyncio.IncompleteReadError as exc:
+            self.trace.append("closed" if not exc.partial else "desync")
             raise Desync(f"connection ended before a response head: {exc.partial!r}") from None
+        except ConnectionResetError:
+            self.trace.append("reset")
+            raise Desync("connection reset before a response head") from None
         lines = head[:-4].split(b"\r\n")
         parts = lines[0].split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            self.trace.append("desync")
             raise Desync(f"not a status line: {lines[0][:80]!r}")
         headers = []
         for line in lines[1:]:
@@ -344,7 +379,11 @@ class RawClient:
             if not sep or not name or name != name.strip():
                 raise Desync(f"bad header line {line[:80]!r}")
             headers.append((name, value.strip()))
-        return Response(parts[0], int(parts[1]), parts[2] if len(parts) > 2 else b"", headers)
+        resp = Response(parts[0], int(parts[1]), parts[2] if len(parts) > 2 else b"", headers)
+        self.trace.append(
+            str(resp.status) + (f"[{resp.tag.decode('latin-1')}]" if resp.tag else "")
+        )
+        return resp
 
     async def read_response(self, method: bytes = b"GET") -> tuple[list[Response], Response]:
         """Interim (1xx) responses, then the final one with its body."""
@@ -381,6 +420,8 @@ class RawClient:
                 resp.ended = "reset"
         else:
             await self._until_close(resp)
+        if resp.ended != "none" and self.trace:
+            self.trace[-1] += f" {resp.ended}"
         return resp
 
     async def _until_close(self, resp: Response) -> None:
@@ -424,7 +465,8 @@ class RawClient:
         try:
             rest = await self._read(self.reader.read(1))
         except ConnectionResetError:
-            return True
+            rest = b""
+        self.trace.append("closed" if rest == b"" else "open")
         return rest == b""
 
     def close(self) -> None:
@@ -439,31 +481,52 @@ def get(path: str, tag: str, *extra: str, method: str = "GET", version: str = "1
 
 @dataclass
 class Rig:
-    """A running balancer with one scripted replica, and clients to talk to it."""
+    """A running proxy (lbproxy, or HAProxy) with one scripted replica, and clients."""
 
-    server: BalancerServer
+    #: The balancer under test; None when the proxy is HAProxy (lbproxy-only checks skip).
+    server: BalancerServer | None
     backend: ScriptedBackend
     host: str
     port: int
     clients: list[RawClient] = field(default_factory=list)
+    trace: list[str] = field(default_factory=list)
 
     @property
     def upstream(self) -> ScriptedUpstream:
         return self.backend.only
 
+    @property
+    def lbproxy(self) -> BalancerServer:
+        """The balancer, for checks of lbproxy's own state (only on the lbproxy target)."""
+        assert self.server is not None, "an lbproxy-only check ran against another proxy"
+        return self.server
+
     async def client(self) -> RawClient:
         reader, writer = await asyncio.open_connection(self.host, self.port)
-        c = RawClient(reader, writer)
+        c = RawClient(reader, writer, self.trace)
         self.clients.append(c)
         return c
 
     async def next_client_is_served(self, tag: str = "next") -> None:
         """A fresh client, routed to the same replica (likely on the same pooled upstream
         connection), gets its own answer: what a desynced upstream connection breaks."""
+        self.trace.append("| next:")
         c = await self.client()
         resp = await c.request(get("/ok", tag))
-        assert resp.status == 200 and resp.tag == tag.encode(), (resp.status, resp.tag)
-        assert resp.body == b"ok"
+        assert resp.status == 200 and resp.tag == tag.encode(), (
+            f"next client got {resp.status} tagged {resp.tag!r}"
+        )
+        assert resp.body == b"ok", f"next client got body {resp.body[:40]!r}"
+
+
+def _release(r: Rig) -> None:
+    """Teardown: close the clients and let every stalled script go on."""
+    for c in r.clients:
+        c.close()
+    for upstream in r.backend.upstreams.values():
+        for conn in upstream.conns:
+            for step in _stalls(conn):
+                step.event.set()
 
 
 @asynccontextmanager
@@ -471,6 +534,7 @@ async def rig(
     scripts: dict[str, Script] | None = None,
     early: dict[str, Script] | None = None,
     proxy: ProxyConfig | None = None,
+    trace: list[str] | None = None,
     **config: object,
 ) -> AsyncIterator[Rig]:
     backend = ScriptedBackend()
@@ -480,16 +544,11 @@ async def rig(
     server = BalancerServer(cfg, backend)  # type: ignore[arg-type]
     await server.start()
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    r = Rig(server, backend, host, int(port))
+    r = Rig(server, backend, host, int(port), trace=[] if trace is None else trace)
     try:
         yield r
     finally:
-        for c in r.clients:
-            c.close()
-        for upstream in backend.upstreams.values():
-            for conn in upstream.conns:
-                for step in _stalls(conn):
-                    step.event.set()
+        _release(r)
         await server.stop()
 
 
@@ -500,3 +559,193 @@ def _stalls(conn: _UpstreamConn) -> list[Stall]:
         if not callable(script):
             out += [s for s in script if isinstance(s, Stall)]
     return out
+
+
+# -- targets: the same case through lbproxy or through HAProxy ---------------------------------
+
+#: The settings a case may change, with the rig's defaults: ``read_timeout`` (lbproxy's
+#: ``--read-timeout``, HAProxy's ``timeout server``) and ``max_body`` (lbproxy's
+#: ``--max-body``; HAProxy has no equivalent for a streamed body, so it is not set there).
+READ_TIMEOUT = 3.0
+
+
+class Target:
+    """A proxy a case's inputs are sent through."""
+
+    name = "?"
+
+    def __init__(self) -> None:
+        #: Every rig this target made appends here (the comparison table shows it).
+        self.trace: list[str] = []
+
+    def rig(
+        self,
+        scripts: dict[str, Script] | None = None,
+        early: dict[str, Script] | None = None,
+        *,
+        read_timeout: float = READ_TIMEOUT,
+        max_body: int | None = None,
+    ) -> AbstractAsyncContextManager[Rig]:
+        raise NotImplementedError
+
+    @property
+    def is_lbproxy(self) -> bool:
+        return self.name == "lbproxy"
+
+
+class LbproxyTarget(Target):
+    """lbproxy in-process (BalancerServer) with one scripted replica."""
+
+    name = "lbproxy"
+
+    def rig(
+        self,
+        scripts: dict[str, Script] | None = None,
+        early: dict[str, Script] | None = None,
+        *,
+        read_timeout: float = READ_TIMEOUT,
+        max_body: int | None = None,
+    ) -> AbstractAsyncContextManager[Rig]:
+        proxy = ProxyConfig(read_timeout=read_timeout)
+        if max_body is not None:
+            proxy = ProxyConfig(read_timeout=read_timeout, max_body_bytes=max_body)
+        return rig(scripts, early, proxy=proxy, trace=self.trace)
+
+
+#: HAProxy's configuration for a case: one backend, the scripted upstream; keep-alive on
+#: both sides and ``http-reuse always`` (idle server connections shared between clients,
+#: like lbproxy's pool), so a desynced server connection reaches the next client as it
+#: would through lbproxy. Timeouts mirror lbproxy's (ProxyConfig) for the rig.
+HAPROXY_CFG = """\
+# Generated by tests/conformance_kit.py for one conformance case.
+global
+    nbthread 1
+    maxconn 500
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    retries 2
+    timeout connect 1s
+    timeout http-request 10s
+    timeout client 60s
+    timeout http-keep-alive 60s
+    timeout server {read_timeout_ms}ms
+
+frontend conformance_in
+    bind 127.0.0.1:{port}
+    default_backend replica
+
+backend replica
+    server r1 127.0.0.1:{upstream}
+"""
+
+
+def haproxy_binary() -> str | None:
+    """HAProxy's path (bench/install-tools.sh installs it), or None."""
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    return "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
+
+
+class HaproxyTarget(Target):
+    """HAProxy (started per case on a free 127.0.0.1 port, stopped by its PID) in front of
+    a scripted upstream: the same scripts, the same client bytes."""
+
+    name = "haproxy"
+
+    def rig(
+        self,
+        scripts: dict[str, Script] | None = None,
+        early: dict[str, Script] | None = None,
+        *,
+        read_timeout: float = READ_TIMEOUT,
+        max_body: int | None = None,
+    ) -> AbstractAsyncContextManager[Rig]:
+        return self._rig(scripts, early, read_timeout)
+
+    @asynccontextmanager
+    async def _rig(
+        self,
+        scripts: dict[str, Script] | None,
+        early: dict[str, Script] | None,
+        read_timeout: float,
+    ) -> AsyncIterator[Rig]:
+        binary = haproxy_binary()
+        assert binary is not None, "haproxy is not installed (bench/install-tools.sh)"
+        backend = ScriptedBackend()
+        backend.scripts.update(scripts or {})
+        backend.early.update(early or {})
+        handle = await backend.launch("r1", 1)
+        upstream_port = int(handle.url.rsplit(":", 1)[1])
+        port = free_loopback_port()
+        with tempfile.TemporaryDirectory(prefix="lbproxy-conformance-") as tmp:
+            cfg = Path(tmp) / "haproxy.cfg"
+            cfg.write_text(
+                HAPROXY_CFG.format(
+                    port=port, upstream=upstream_port, read_timeout_ms=int(read_timeout * 1000)
+                )
+            )
+            log = (Path(tmp) / "haproxy.log").open("wb")
+            # -db: foreground, one process, so the PID we hold is the proxy itself.
+            proc = await asyncio.create_subprocess_exec(
+                binary,
+                "-db",
+                "-f",
+                str(cfg),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            r = Rig(None, backend, "127.0.0.1", port, trace=self.trace)
+            try:
+                await _until_listening(port, proc, Path(tmp) / "haproxy.log")
+                yield r
+            finally:
+                _release(r)
+                if proc.returncode is None:
+                    with suppress(ProcessLookupError):
+                        os.kill(proc.pid, 15)  # SIGTERM, by PID
+                    try:
+                        await asyncio.wait_for(proc.wait(), GUARD)
+                    except TimeoutError:
+                        with suppress(ProcessLookupError):
+                            os.kill(proc.pid, 9)
+                        await proc.wait()
+                log.close()
+                await backend.close()
+
+
+def _tail(path: Path) -> str:
+    """The end of HAProxy's log, for an error message."""
+    return path.read_text(errors="replace")[-2000:]
+
+
+async def _until_listening(port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
+    """Wait (bounded by GUARD) until HAProxy accepts connections on ``port``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + GUARD
+    while True:
+        if proc.returncode is not None:
+            raise RuntimeError(f"haproxy exited {proc.returncode}: {_tail(log)}")
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if loop.time() > deadline:
+                raise RuntimeError(f"haproxy did not listen: {_tail(log)}") from None
+            await asyncio.sleep(0.01)
+            continue
+        writer.transport.abort()
+        return
+
+
+def target(name: str) -> Target:
+    """``lbproxy`` or ``haproxy``."""
+    if name == "lbproxy":
+        return LbproxyTarget()
+    if name == "haproxy":
+        return HaproxyTarget()
+    raise ValueError(f"unknown conformance target {name!r}")
