@@ -36,6 +36,15 @@ per-phase histograms, i.e. where its requests waited. The idle point (``--idle``
 BENCH_IDLE keep-alive client connections (each answered one request, then silent) on a
 proxy, reports the proxy's RSS per idle connection, and runs the 64-connection load with
 and without them.
+
+Issue 9 (``--baseline DIR``): a second balancer from another lbproxy tree (say the relay
+before its rewrite, ``git archive 3f021d6 | tar -x -C DIR``; it runs on this venv with
+PYTHONPATH=DIR, and starts its own three replicas from that tree) is measured as target
+"before", in the same run, alternating with "lbproxy" (odd rounds before first, even rounds
+lbproxy first) after HAProxy each round. Both balancers then run with their defaults (no
+``--phase-timings``, which the old tree lacks and which costs CPU per request), and a
+before/after table gives each round's pair and the median ratio after/before of req/s,
+proxy CPU-s and requests per proxy CPU-s, plus each one against HAProxy.
 """
 
 from __future__ import annotations
@@ -90,8 +99,12 @@ from common import (
 )
 
 LUA = ROOT / "bench" / "request_id.lua"
-TARGETS = ("haproxy", "nginx", "lbproxy", "direct")
+#: "before" is a second lbproxy from another tree (``--baseline DIR``), e.g. the relay before a
+#: rewrite, measured in the same run as "lbproxy" (this tree) and HAProxy.
+TARGETS = ("haproxy", "nginx", "before", "lbproxy", "direct")
 BASELINE = "haproxy"
+#: Targets when ``--baseline`` is given and ``--targets`` is not.
+BASELINE_TARGETS = ("haproxy", "before", "lbproxy")
 #: py-spy rate: every sample pauses the balancer (more so with --native); 100 Hz keeps the
 #: perturbation moderate and still gives ~1,000 samples in 10 s.
 PROFILE_HZ = 100
@@ -1167,10 +1180,102 @@ def profile(procs: Processes, lb: Target, cfg: Settings, out_dir: Path) -> dict[
 # -- main ------------------------------------------------------------------------------------
 
 
-def timing_flag() -> list[str]:
-    """--phase-timings, unless the measured tree (BENCH_LBPROXY_SRC) predates it."""
+def timing_flag(on: bool = True) -> list[str]:
+    """--phase-timings, unless off or the measured tree (BENCH_LBPROXY_SRC) predates it."""
     cli = lbproxy_src() / "lbproxy" / "cli.py"
-    return ["--phase-timings"] if "--phase-timings" in cli.read_text() else []
+    return ["--phase-timings"] if on and "--phase-timings" in cli.read_text() else []
+
+
+def tree_env(src: Path) -> dict[str, str]:
+    """The environment for a balancer from another tree: its code ahead of this venv's
+    editable install, for the balancer and the replicas it spawns (common.lbproxy_env's
+    rule for BENCH_LBPROXY_SRC, for a second tree)."""
+    env = lbproxy_env()
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def tree_revision(src: Path) -> str:
+    """A tree's commit: git's if it is a checkout, else the ``git archive`` comment."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("BENCH_BASELINE_REV", "") or src.name
+
+
+def before_after_table(runs: list[Run], connections: int) -> tuple[str, dict[str, Any]]:
+    """Issue 9's figure: this tree ("lbproxy", after) against the baseline tree ("before"),
+    per round (the two runs of a round are back to back) and as medians, each also against
+    HAProxy's run of the same round."""
+    by_round: dict[int, dict[str, Run]] = {}
+    for r in runs:
+        if r.connections == connections and not r.idle_point:
+            by_round.setdefault(r.round, {})[r.target] = r
+    lines = [
+        "| round | order | before req/s | before CPU s | before req/CPU-s | after req/s | "
+        "after CPU s | after req/CPU-s | after/before req/CPU-s | before x HAProxy | "
+        "after x HAProxy | noisy |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    ratios: list[float] = []
+    ratios_clean: list[float] = []
+    for rnd in sorted(by_round):
+        got = by_round[rnd]
+        b, a, h = got.get("before"), got.get("lbproxy"), got.get("haproxy")
+        if b is None or a is None or not b.req_per_proxy_cpu_s or not a.req_per_proxy_cpu_s:
+            continue
+        ratio = a.req_per_proxy_cpu_s / b.req_per_proxy_cpu_s
+        ratios.append(ratio)
+        noisy = [t for t, run in (("before", b), ("after", a)) if is_noisy(run)]
+        if not noisy:
+            ratios_clean.append(ratio)
+        hb = ha = "-"
+        if h is not None and h.req_per_proxy_cpu_s:
+            hb = f"{b.req_per_proxy_cpu_s / h.req_per_proxy_cpu_s:.2f}"
+            ha = f"{a.req_per_proxy_cpu_s / h.req_per_proxy_cpu_s:.2f}"
+        order = "before, after" if runs.index(b) < runs.index(a) else "after, before"
+        lines.append(
+            f"| {rnd} | {order} | {b.rps:,.0f} | {fmt(b.proxy_cpu_s, '{:.2f}')} | "
+            f"{b.req_per_proxy_cpu_s:,.0f} | {a.rps:,.0f} | {fmt(a.proxy_cpu_s, '{:.2f}')} | "
+            f"{a.req_per_proxy_cpu_s:,.0f} | {ratio:.3f} | {hb} | {ha} | "
+            f"{', '.join(noisy) or 'no'} |"
+        )
+    summary = summarise(runs, connections)
+    out: dict[str, Any] = {
+        "pair_ratios": ratios,
+        "pair_ratios_clean": ratios_clean,
+        "median_pair_ratio": statistics.median(ratios) if ratios else None,
+        "median_pair_ratio_clean": statistics.median(ratios_clean) if ratios_clean else None,
+    }
+    b_row, a_row = summary.get("before"), summary.get("lbproxy")
+    if b_row and a_row:
+        for key in ("rps", "proxy_cpu_s", "req_per_proxy_cpu_s", "p99_ms"):
+            if a_row.get(key) and b_row.get(key):
+                out[f"{key}_after_over_before"] = a_row[key] / b_row[key]
+    text = "\n".join(lines)
+    text += "\n\n" + (
+        "after/before of the medians (clean rounds): "
+        + ", ".join(
+            f"{label} {fmt(out.get(key), '{:.3f}')}"
+            for label, key in (
+                ("req/s", "rps_after_over_before"),
+                ("proxy CPU s", "proxy_cpu_s_after_over_before"),
+                ("req per proxy CPU-s", "req_per_proxy_cpu_s_after_over_before"),
+                ("p99", "p99_ms_after_over_before"),
+            )
+        )
+        + f"; median of the per-round ratios of req per proxy CPU-s: "
+        f"{fmt(out['median_pair_ratio'], '{:.3f}')} over {len(ratios)} round(s) "
+        f"({fmt(out['median_pair_ratio_clean'], '{:.3f}')} over the {len(ratios_clean)} "
+        "round(s) where neither run was noisy). Issue 9's bar: at least 0.95."
+    )
+    return text, out
 
 
 def log_run(run: Run) -> None:
@@ -1209,8 +1314,24 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="also profile lbproxy (py-spy)")
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
-        help=f"comma-separated subset of {','.join(TARGETS)}",
+        default="",
+        help=f"comma-separated subset of {','.join(TARGETS)} (default: all but 'before'; "
+        f"with --baseline: {','.join(BASELINE_TARGETS)})",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=Path(os.environ["BENCH_BASELINE_SRC"])
+        if os.environ.get("BENCH_BASELINE_SRC")
+        else None,
+        help="another lbproxy tree (e.g. `git archive 3f021d6 | tar -x -C DIR`) measured as "
+        "target 'before', alternating with this tree each round (env BENCH_BASELINE_SRC)",
+    )
+    parser.add_argument(
+        "--phase-timings",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="run this tree's balancer with --phase-timings (auto: on, off with --baseline)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument(
@@ -1220,7 +1341,14 @@ def main() -> int:
     )
     args = parser.parse_args()
     cfg = settings()
-    wanted = [t for t in args.targets.split(",") if t]
+    baseline: Path | None = args.baseline.resolve() if args.baseline else None
+    if baseline is not None and not (baseline / "lbproxy" / "cli.py").exists():
+        parser.error(f"--baseline {baseline}: not an lbproxy tree (no lbproxy/cli.py)")
+    default_targets = BASELINE_TARGETS if baseline else [t for t in TARGETS if t != "before"]
+    wanted = [t for t in (args.targets or ",".join(default_targets)).split(",") if t]
+    if "before" in wanted and baseline is None:
+        parser.error("target 'before' needs --baseline DIR")
+    timings = args.phase_timings == "on" or (args.phase_timings == "auto" and baseline is None)
     unknown = set(wanted) - set(TARGETS)
     if unknown:
         parser.error(f"unknown target(s): {', '.join(sorted(unknown))}")
@@ -1229,6 +1357,9 @@ def main() -> int:
     info = machine_info()
     revision = lbproxy_revision()
     log(f"measuring lbproxy {revision} from {lbproxy_src()} (tag {tag()!r})")
+    before_rev = tree_revision(baseline) if baseline else None
+    if baseline:
+        log(f"baseline ('before'): lbproxy {before_rev} from {baseline}")
     busy0, total0 = machine_cpu()
     time.sleep(1.0)
     busy1, total1 = machine_cpu()
@@ -1261,7 +1392,7 @@ def main() -> int:
         lb_log = (tmp / "lbproxy.log").open("wb")
         lb_proc = procs.start(
             "lbproxy",
-            lbproxy_cmd(lb_port, 3, *timing_flag(), *LB_EXTRA),
+            lbproxy_cmd(lb_port, 3, *timing_flag(timings), *LB_EXTRA),
             env=lbproxy_env(),
             cwd=lbproxy_src(),
             stdout=lb_log,
@@ -1286,6 +1417,43 @@ def main() -> int:
 
         targets = externals()
         targets["lbproxy"] = lb
+        before_replicas: list[tuple[str, str, int]] = []
+        if "before" in wanted:
+            assert baseline is not None
+            old_port = free_port()
+            old_log = (tmp / "before.log").open("wb")
+            old_proc = procs.start(
+                "lbproxy-before",
+                lbproxy_cmd(old_port, 3, *LB_EXTRA),
+                env=tree_env(baseline),
+                cwd=baseline,
+                stdout=old_log,
+                stderr=subprocess.STDOUT,
+                cpus=cfg.proxy_cpus,
+            )
+            old_url = f"http://127.0.0.1:{old_port}"
+            wait_http(old_url + "/rep", 60, old_proc, tmp / "before.log")
+            before_replicas = replica_ports(lbproxy_status(old_url))
+            if len(before_replicas) != 3:
+                raise RuntimeError(f"'before' has {len(before_replicas)} replicas up, expected 3")
+            log(
+                "before's replicas: " + ", ".join(f"{n} {u} pid {p}" for n, u, p in before_replicas)
+            )
+            targets["before"] = Target(
+                "before", old_url, [old_proc.pid], old_proc, before_rev or ""
+            )
+
+        def before_pids(label: str) -> list[int]:
+            """The baseline balancer's own replicas (it replaces them as lbproxy does)."""
+            nonlocal before_replicas
+            now = replica_ports(lbproxy_status(targets["before"].url))
+            if now != before_replicas:
+                events.append(f"{label}: before's replicas changed {before_replicas} -> {now}")
+                before_replicas = now
+            pids = [p for _n, _u, p in now]
+            for pid in pids:
+                pin(pid, cfg.load_cpus)
+            return pids
 
         def refresh(label: str) -> list[int]:
             """Re-point HAProxy/NGINX when lbproxy replaced replicas (heartbeat loss under
@@ -1314,13 +1482,20 @@ def main() -> int:
             return pids
 
         for round_no in range(1, cfg.rounds + 1):
+            order = list(wanted)
+            if round_no % 2 == 0 and "before" in order and "lbproxy" in order:
+                # Alternate which of the two balancers goes first (drift, warm caches).
+                i, j = order.index("before"), order.index("lbproxy")
+                order[i], order[j] = order[j], order[i]
             for conns in cfg.points:
                 replica_pids = refresh(f"round {round_no} c{conns}")
-                for name in wanted:
+                for name in order:
                     if name == "direct" and conns > 64:
                         continue  # one bare aiohttp replica at 1,500 connections says nothing
                     target = targets[name]
                     rep = [replicas[0][2]] if name == "direct" else replica_pids
+                    if name == "before":
+                        rep = before_pids(f"round {round_no} c{conns}")
                     run = measure(procs, target, rep, cfg, round_no, conns)
                     runs.append(run)
                     log_run(run)
@@ -1352,8 +1527,19 @@ def main() -> int:
         f"### {conns:,} connections\n\n" + table(summaries[conns], cfg, conns)
         for conns in cfg.points
     )
-    breakdown = breakdown_table(runs)
-    text += "\n\n### Where lbproxy's requests waited (--phase-timings)\n\n" + breakdown
+    if timings:
+        breakdown = breakdown_table(runs)
+        text += "\n\n### Where lbproxy's requests waited (--phase-timings)\n\n" + breakdown
+    compare: dict[str, Any] | None = None
+    if "before" in wanted and "lbproxy" in wanted:
+        compare = {"before": before_rev, "after": revision}
+        for conns in cfg.points:
+            part, figures = before_after_table(runs, conns)
+            compare[str(conns)] = figures
+            text += (
+                f"\n\n### Before ({before_rev}) and after ({revision}), {conns:,} connections\n\n"
+                + part
+            )
     if idle_infos:
         text += f"\n\n### {cfg.idle:,} idle keep-alive connections\n\n" + idle_table(
             idle_infos, cfg
@@ -1381,10 +1567,13 @@ def main() -> int:
             "http-reuse always",
             "nginx": "NGINX, worker_processes 1, hash $http_x_request_id consistent, "
             f"keepalive {int(env_number('BENCH_NGINX_KEEPALIVE', 64))}, access_log off",
-            "lbproxy": f"lbproxy serve, 1 process, uvloop, {lb_final.get('family')} ring",
+            "lbproxy": f"lbproxy serve, 1 process, uvloop, {lb_final.get('family')} ring"
+            + (", --phase-timings" if timings else ""),
+            "before": f"lbproxy serve from {baseline} ({before_rev})" if baseline else None,
             "direct": "wrk straight at one replica (no proxy)",
         },
         "summary": summary,
+        "before_after": compare,
         "summaries": {str(k): v for k, v in summaries.items()},
         "idle_point": idle_infos,
         "runs": [r.__dict__ for r in runs],

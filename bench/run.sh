@@ -6,6 +6,8 @@
 #   BENCH_PROFILE=0    skip the py-spy profile
 #   BENCH_TAG=name     name the result/profile files (profile-<name>.svg); BENCH_LBPROXY_SRC=dir
 #                      measures another lbproxy tree (see docs/performance.md)
+#   BENCH_BASELINE_SRC=dir  also a second lbproxy from that tree ("before"), alternating with
+#                      this one each round: issue 9's before/after in one run
 # Every process the Python scripts start is stopped when they exit, Ctrl-C included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
