@@ -329,15 +329,19 @@ def test_served_document_is_the_module_document(balancer: ThreadedBalancer) -> N
 def test_fuzz_admin_api_against_its_document(balancer: ThreadedBalancer) -> None:
     schema = schemathesis.openapi.from_dict(openapi.OPENAPI)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} == {
+    served = {op.label for op in operations if "200" in op.definition.raw["responses"]}
+    assert served == {
         "GET /rep",
         "POST /add",
         "DELETE /rm",
         "GET /lbproxy/status",
         "GET /lbproxy/events",
+        "PUT /lbproxy/weight",
         "GET /lbproxy/metrics",
         "GET /lbproxy/openapi.json",
     }
+    # every other method of those paths is documented as its 405 (and fuzzed as such)
+    assert len(operations) == 5 * 8
     with requests.Session() as session:
         fuzz = Fuzz(balancer, session)
         assert fuzz.model.names == ["Server 1", "Server 2", "Server 3"]

@@ -9,17 +9,19 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from lbproxy.config import MAX_CHANGE_PER_CALL
+from lbproxy.control.api import AddRequest, ChangeRequest, Operation, WeightRequest, parse
 from lbproxy.control.pool import Pool
 from lbproxy.control.reconcile import Reconciler
 from lbproxy.errors import BadRequest, LbproxyError, Unauthorized, failure_body
 
 #: Bodies of admin calls are tiny; anything bigger is a mistake or an attack.
 MAX_ADMIN_BODY = 64 * 1024
+
+T = TypeVar("T")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,52 +68,15 @@ async def _read_json(request: web.Request) -> Any:
         raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
     try:
         return json.loads(raw or b"null")
-    except RecursionError as exc:
-        raise BadRequest("body is nested too deeply") from exc
+    except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack
+        raise BadRequest("body is nested too deeply to be a request body") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON ({exc})") from exc
 
 
-async def _read_change(
-    request: web.Request, extra: frozenset[str] = frozenset()
-) -> tuple[int, list[str], dict[str, Any]]:
-    """Parse ``{"n": int, "hostnames": [str, ...]}`` strictly; BadRequest on anything else.
-
-    ``extra``: optional fields this call also accepts (``weight`` on /add), returned as is.
-    """
-    if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
-        raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
-    raw = await request.content.read(MAX_ADMIN_BODY + 1)
-    if len(raw) > MAX_ADMIN_BODY:
-        raise BadRequest(f"request body too large (limit {MAX_ADMIN_BODY} bytes)", status=413)
-    try:
-        payload = json.loads(raw or b"null")
-    except RecursionError as exc:  # "[[[[..." nested deeper than the parser's stack
-        raise BadRequest("body is nested too deeply to be a change request") from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(
-            f'body is not valid JSON ({exc}); send {{"n": 2, "hostnames": []}}'
-        ) from exc
-    if not isinstance(payload, dict):
-        raise BadRequest('body must be a JSON object such as {"n": 2, "hostnames": ["S5"]}')
-    unknown = set(payload) - {"n", "hostnames"} - extra
-    if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}; expected n, hostnames")
-    if "n" not in payload:
-        raise BadRequest('missing field "n" (the number of replicas)')
-    n = payload["n"]
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise BadRequest(f'"n" must be an integer, got {json.dumps(n)}')
-    if n < 0:
-        raise BadRequest(f'"n" must not be negative, got {n}')
-    if n > MAX_CHANGE_PER_CALL:
-        raise BadRequest(f'"n" must be at most {MAX_CHANGE_PER_CALL} per call, got {n}')
-    hostnames = payload.get("hostnames", [])
-    if hostnames is None:
-        hostnames = []
-    if not isinstance(hostnames, list) or not all(isinstance(h, str) for h in hostnames):
-        raise BadRequest('"hostnames" must be a list of strings')
-    return n, hostnames, {k: payload[k] for k in extra if k in payload}
+async def _read_body(request: web.Request, model: type[T]) -> T:
+    """The request's body as ``model`` (api.py): every bad input a BadRequest sentence."""
+    return parse(model, await _read_json(request))
 
 
 def answer_wrong_methods(app: web.Application) -> None:
@@ -155,33 +120,30 @@ class AdminRoutes:
         return web.json_response(rep_body(self._pool))
 
     async def add(self, request: web.Request) -> web.Response:
-        n, hostnames, extra = await _read_change(request, frozenset({"weight"}))
-        if len(hostnames) > n:  # SPEC's check first: its exact message
+        body = await _read_body(request, AddRequest)
+        if len(body.hostnames) > body.n:  # SPEC's check first: its exact message
             return web.json_response({"message": ADD_TOO_MANY, "status": "failure"}, status=400)
-        weight = self._pool.check_weight(extra.get("weight", 1))
-        await self._reconciler.add(n, hostnames, weight)
+        weight = self._pool.check_weight(body.weight)  # the family may not take weights
+        await self._reconciler.add(body.n, list(body.hostnames), weight)
         return web.json_response(rep_body(self._pool))
 
     async def rm(self, request: web.Request) -> web.Response:
-        n, hostnames, _ = await _read_change(request)
-        if len(hostnames) > n:
+        body = await _read_body(request, ChangeRequest)
+        if len(body.hostnames) > body.n:
             return web.json_response({"message": RM_TOO_MANY, "status": "failure"}, status=400)
-        await self._reconciler.remove(n, hostnames)
+        await self._reconciler.remove(body.n, list(body.hostnames))
         return web.json_response(rep_body(self._pool))
 
     async def weight(self, request: web.Request) -> web.Response:
-        """``PUT /lbproxy/weight {"hostname": "S5", "weight": 3}``: answers once the ring
-        with the new weight is in use (it is built off the loop)."""
-        payload = await _read_json(request)
-        if not isinstance(payload, dict) or set(payload) != {"hostname", "weight"}:
-            raise BadRequest('body must be {"hostname": "<name>", "weight": <1..100>}')
-        name = payload["hostname"]
-        if not isinstance(name, str):
-            raise BadRequest('"hostname" must be a string')
-        replica = self._pool.set_weight(name, self._pool.check_weight(payload["weight"]))
+        """Answers once the ring with the new weight is in use (it is built off the loop)."""
+        body = await _read_body(request, WeightRequest)
+        replica = self._pool.set_weight(body.hostname, self._pool.check_weight(body.weight))
         await self._pool.settled()
         return web.json_response(
-            {"message": {"hostname": name, "weight": replica.weight}, "status": "successful"}
+            {
+                "message": {"hostname": body.hostname, "weight": replica.weight},
+                "status": "successful",
+            }
         )
 
     async def status(self, request: web.Request) -> web.Response:
@@ -213,9 +175,132 @@ class AdminRoutes:
         )
 
     def register(self, app: web.Application) -> None:
-        app.router.add_get("/rep", _guard(self.rep))
-        app.router.add_post("/add", _guard(self.add, self._token))
-        app.router.add_delete("/rm", _guard(self.rm, self._token))
-        app.router.add_get("/lbproxy/status", _guard(self.status))
-        app.router.add_get("/lbproxy/events", _guard(self.events))
-        app.router.add_put("/lbproxy/weight", _guard(self.weight, self._token))
+        """Route every operation in ``OPERATIONS``; the mutating ones need the token."""
+        for op in OPERATIONS:
+            assert op.handler is not None
+            handler = _guard(getattr(self, op.handler), self._token if op.token else None)
+            app.router.add_route(op.method, op.path, handler)
+            if op.method == "GET":
+                app.router.add_route("HEAD", op.path, handler)
+
+
+_CHANGE_ERRORS = (
+    (404, "A named hostname is not in the pool (/rm)."),
+    (
+        409,
+        "A named hostname is already in the pool, the ring cannot place it, or the backend "
+        "already runs something under that name (/add).",
+    ),
+    (502, "The replica backend (process spawner, Docker engine) failed."),
+    (503, "The backend is unreachable, or the balancer is shutting down."),
+)
+
+_BAD_CHANGE = (
+    "Malformed or out-of-range input: not a JSON object, unknown field, `n` not an integer "
+    "in range, `hostnames` not a list of strings, more hostnames than `n` (SPEC: `<Error> "
+    "Length of hostname list is more than {verb} instances`), a name the backend cannot "
+    "run, duplicate names{tail}"
+)
+
+#: The admin API: routed by ``AdminRoutes.register``, documented by views/openapi.py.
+OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET",
+        "/rep",
+        "listReplicas",
+        "The pool's replicas",
+        handler="rep",
+        tag="pool",
+        ok=("Replicas", "N and the replica hostnames."),
+    ),
+    Operation(
+        "POST",
+        "/add",
+        "addReplicas",
+        "Add n replicas",
+        handler="add",
+        tag="pool",
+        description="Launch `n` replicas: the named ones first, generated names for the rest. "
+        "All of them join the ring together once they pass their heartbeats, or none does "
+        "(a failed launch stops what was started).",
+        body=AddRequest,
+        ok=("Replicas", "The pool after the change (the same body as /rep)."),
+        errors=(
+            (
+                400,
+                _BAD_CHANGE.format(
+                    verb="newly added",
+                    tail=", a weight the ring family "
+                    "does not take, or a pool that would exceed its size limit.",
+                ),
+            ),
+            *_CHANGE_ERRORS,
+        ),
+        token=True,
+    ),
+    Operation(
+        "DELETE",
+        "/rm",
+        "removeReplicas",
+        "Remove n replicas",
+        handler="rm",
+        tag="pool",
+        description="Remove `n` replicas: the named ones first, then others picked to make "
+        "up `n` (failed replicas first, then the most recently joined). Each is taken off "
+        "the ring, drained and stopped.",
+        body=ChangeRequest,
+        ok=("Replicas", "The pool after the change (the same body as /rep)."),
+        errors=(
+            (400, _BAD_CHANGE.format(verb="removable", tail=", or `n` larger than the pool.")),
+            *_CHANGE_ERRORS,
+        ),
+        token=True,
+    ),
+    Operation(
+        "GET",
+        "/lbproxy/status",
+        "status",
+        "Every replica's state, the ring and its shares",
+        handler="status",
+        ok=("Status", "The balancer's view of its pool."),
+    ),
+    Operation(
+        "GET",
+        "/lbproxy/events",
+        "events",
+        "The pool's recent events (a bounded log)",
+        handler="events",
+        query=(
+            {
+                "name": "since",
+                "in": "query",
+                "required": False,
+                "description": "Only events with a sequence number above this one.",
+                "schema": {"type": "integer", "default": 0, "minimum": 0},
+            },
+        ),
+        ok=("Events", "The events after `since`, oldest first."),
+        errors=((400, "`since` is not a non-negative integer."),),
+    ),
+    Operation(
+        "PUT",
+        "/lbproxy/weight",
+        "setWeight",
+        "Change one replica's weight",
+        handler="weight",
+        tag="pool",
+        description="Set a replica's share of the keys relative to the others (1-100, "
+        "default 1); keys move only to or from it. Answers once the rebuilt ring is in use.",
+        body=WeightRequest,
+        ok=("Weight", "The replica's name and its weight now."),
+        errors=(
+            (
+                400,
+                "Malformed input, a weight out of 1..100, or a ring family that does not "
+                "take weights (the seed families).",
+            ),
+            (404, "The hostname is not in the pool."),
+        ),
+        token=True,
+    ),
+)

@@ -2,9 +2,13 @@
 
 It describes what the balancer answers itself (SPEC's /rep, /add, /rm and the operator
 views under /lbproxy/); every other path is proxied to the replicas and is theirs to
-document. The schemas are exact where SPEC is exact (the /rep body, the failure body) so
-that a fuzzer (tests/test_fuzz_admin.py runs schemathesis against it) can hold the
-balancer to them. OpenAPI 3.0.3 rather than 3.1: the widest tool support.
+document. The paths are generated from the declared operations (control/admin.py's
+``OPERATIONS`` and the two views below), the request schemas from the body models
+(control/api.py), and every method a path does not serve is documented as its 405 with
+the ``Allow`` it answers. Only the answers' shapes are written here. The schemas are exact
+where SPEC is exact (the /rep body, the failure body) so that a fuzzer
+(tests/test_fuzz_admin.py runs schemathesis against it) can hold the balancer to them.
+OpenAPI 3.0.3 rather than 3.1: the widest tool support.
 """
 
 from __future__ import annotations
@@ -14,98 +18,116 @@ from typing import Any
 
 from aiohttp import web
 
-from lbproxy.config import MAX_CHANGE_PER_CALL
+from lbproxy.control.admin import MAX_ADMIN_BODY, OPERATIONS
+from lbproxy.control.api import AddRequest, ChangeRequest, Operation, WeightRequest, schema
+from lbproxy.control.pool import MAX_WEIGHT
 
 __all__ = ["OPENAPI", "OPENAPI_PATH", "document", "openapi_handler", "register"]
 
 OPENAPI_PATH = "/lbproxy/openapi.json"
 
 _JSON = "application/json"
-# lbproxy.control.admin.MAX_ADMIN_BODY (not imported: admin is not ours)
-_MAX_ADMIN_BODY = 64 * 1024
+#: Methods documented as 405 where a path does not serve them.
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+#: The operations a view module routes itself (metrics.py, this module).
+VIEW_OPERATIONS: tuple[Operation, ...] = (
+    Operation(
+        "GET",
+        "/lbproxy/metrics",
+        "metrics",
+        "Prometheus metrics (text exposition format)",
+        ok=({"type": "string"}, "Counters, gauges and histograms of the balancer."),
+        ok_content="text/plain",
+    ),
+    Operation(
+        "GET",
+        OPENAPI_PATH,
+        "openapi",
+        "This document",
+        ok=({"type": "object"}, "The OpenAPI 3.0 document."),
+    ),
+)
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {_JSON: {"schema": schema}}}
-
-
 def _failure(description: str) -> dict[str, Any]:
-    return _json(_ref("Failure"), description)
+    return {"description": description, "content": {_JSON: {"schema": _ref("Failure")}}}
 
 
-_CHANGE_EXAMPLES = {
-    "add": {"n": 4, "hostnames": ["S5", "S4", "S10", "S11"]},
-    "rm": {"n": 3, "hostnames": ["S5", "S4"]},
-}
-
-
-def _change_operation(kind: str) -> dict[str, Any]:
-    add = kind == "add"
-    verb = "added" if add else "removable"
-    return {
-        "operationId": "addReplicas" if add else "removeReplicas",
-        "tags": ["pool"],
-        "summary": "Add n replicas" if add else "Remove n replicas",
-        "description": (
-            "Launch `n` replicas: the named ones first, generated names for the rest. "
-            "All of them join the ring together once they pass their heartbeats, or none "
-            "does (a failed launch stops what was started)."
-            if add
-            else "Remove `n` replicas: the named ones first, then others picked to make up "
-            "`n` (failed replicas first, then the most recently joined). Each is taken "
-            "off the ring, drained and stopped."
-        ),
-        "requestBody": {
+def _operation(op: Operation) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op.operation_id, "tags": [op.tag], "summary": op.summary}
+    if op.description:
+        out["description"] = op.description
+    if op.query:
+        out["parameters"] = [dict(p) for p in op.query]
+    if op.body is not None:
+        out["requestBody"] = {
             "required": True,
-            "content": {
-                _JSON: {
-                    "schema": _ref("AddRequest" if add else "ChangeRequest"),
-                    "example": _CHANGE_EXAMPLES[kind],
-                }
-            },
-        },
+            "content": {_JSON: {"schema": _ref(op.body.__name__)}},
+        }
+    ok_schema, ok_text = op.ok
+    shape = _ref(ok_schema) if isinstance(ok_schema, str) else ok_schema
+    responses: dict[str, Any] = {
+        "200": {"description": ok_text, "content": {op.ok_content: {"schema": shape}}}
+    }
+    responses |= {str(status): _failure(text) for status, text in op.errors}
+    if op.token:
         # Open unless the balancer runs with --admin-token (LBPROXY_ADMIN_TOKEN).
-        "security": [{}, {"adminToken": []}],
+        out["security"] = [{}, {"adminToken": []}]
+        responses["401"] = {
+            **_failure(
+                "The balancer has an admin token and the request did not carry it as "
+                "`Authorization: Bearer <token>`."
+            ),
+            "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+        }
+    if op.body is not None:
+        responses["413"] = _failure(f"The request body is larger than {MAX_ADMIN_BODY} bytes.")
+    out["responses"] = dict(sorted(responses.items()))
+    return out
+
+
+def _not_allowed(path: str, method: str, served: list[Operation]) -> dict[str, Any]:
+    """admin.answer_wrong_methods' 405 for ``method`` on ``path``, with its exact Allow."""
+    methods = {op.method for op in served} | (
+        {"HEAD"} if any(op.method == "GET" for op in served) else set()
+    )
+    allow = ", ".join(sorted(methods))
+    return {
+        "operationId": f"{served[0].operation_id}{method.capitalize()}NotAllowed",
+        "tags": [served[0].tag],
+        "summary": f"{method.upper()} is not served here",
         "responses": {
-            "200": _json(_ref("Replicas"), "The pool after the change (the same body as /rep)."),
-            "400": _failure(
-                "Malformed or out-of-range input: not a JSON object, unknown field, `n` "
-                f"not an integer in 0..{MAX_CHANGE_PER_CALL}, `hostnames` not a list of "
-                "strings, more hostnames than `n` (SPEC: `<Error> Length of hostname list "
-                f"is more than {verb} instances`), a name the backend cannot run, "
-                "duplicate names"
-                + (
-                    ", or a pool that would exceed its size limit."
-                    if add
-                    else ", or `n` larger than the pool."
-                )
-            ),
-            "401": {
-                **_failure(
-                    "The balancer has an admin token and the request did not carry it as "
-                    "`Authorization: Bearer <token>`."
-                ),
-                "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-            },
-            "404": _failure("A named hostname is not in the pool (/rm)."),
-            "409": _failure(
-                "A named hostname is already in the pool, the ring cannot place it, or "
-                "the backend already runs something under that name (/add)."
-            ),
-            "413": _failure(f"The request body is larger than {_MAX_ADMIN_BODY} bytes."),
-            "502": _failure("The replica backend (process spawner, Docker engine) failed."),
-            "503": _failure("The backend is unreachable, or the balancer is shutting down."),
+            "405": {
+                **_failure(f"Method not allowed (RFC 9110 15.5.6); use {allow}."),
+                "headers": {"Allow": {"schema": {"type": "string", "enum": [allow]}}},
+            }
         },
     }
 
 
+def _paths(operations: tuple[Operation, ...]) -> dict[str, Any]:
+    by_path: dict[str, list[Operation]] = {}
+    for op in operations:
+        by_path.setdefault(op.path, []).append(op)
+    paths: dict[str, Any] = {}
+    for path, served in by_path.items():
+        item = {op.method.lower(): _operation(op) for op in served}
+        for method in _METHODS:
+            if method not in item:
+                item[method] = _not_allowed(path, method, served)
+        paths[path] = item
+    return paths
+
+
 _REPLICA_STATES = ["starting", "up", "down", "draining", "ejected"]
 
-_SCHEMAS: dict[str, Any] = {
+#: The answers' shapes (what the handlers build); the request bodies are generated.
+_RESPONSES: dict[str, Any] = {
     "Failure": {
         "type": "object",
         "description": "SPEC's failure body, for every error the balancer answers itself.",
@@ -142,49 +164,22 @@ _SCHEMAS: dict[str, Any] = {
             "status": "successful",
         },
     },
-    "ChangeRequest": {
+    "Weight": {
         "type": "object",
-        "description": "The body of /add and /rm.",
-        "required": ["n"],
+        "description": "The answer of PUT /lbproxy/weight.",
+        "required": ["message", "status"],
         "additionalProperties": False,
         "properties": {
-            "n": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_CHANGE_PER_CALL,
-                "description": "How many replicas to add or remove in this call.",
+            "message": {
+                "type": "object",
+                "required": ["hostname", "weight"],
+                "additionalProperties": False,
+                "properties": {
+                    "hostname": {"type": "string"},
+                    "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
+                },
             },
-            "hostnames": {
-                "type": "array",
-                "nullable": True,
-                "items": {"type": "string"},
-                "description": (
-                    "Names to use (/add) or remove (/rm) first; at most `n` (null or absent: "
-                    "none). Names are 1-63 characters from letters, digits, '_', '.', "
-                    "'-' starting with a letter or digit (the process backend also allows "
-                    "inner spaces, as in 'Server 1'); a name the backend cannot run is a 400."
-                ),
-            },
-        },
-    },
-    "AddRequest": {
-        "type": "object",
-        "description": "The body of /add: /rm's fields and an optional weight.",
-        "required": ["n"],
-        "additionalProperties": False,
-        "properties": {
-            "n": {"$ref": "#/components/schemas/ChangeRequest/properties/n"},
-            "hostnames": {"$ref": "#/components/schemas/ChangeRequest/properties/hostnames"},
-            "weight": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": 100,
-                "description": (
-                    "Each new replica's share of the keys relative to weight-1 replicas "
-                    "(default 1; maglev and hashring only: the seed families answer 400). "
-                    "Change it later with PUT /lbproxy/weight."
-                ),
-            },
+            "status": {"type": "string", "enum": ["successful"]},
         },
     },
     "Replica": {
@@ -275,6 +270,9 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
+
+_BODIES = (ChangeRequest, AddRequest, WeightRequest)
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -284,83 +282,22 @@ OPENAPI: dict[str, Any] = {
             "The balancer's own endpoints: /rep, /add, /rm and everything under /lbproxy/ "
             "(on the public port, or only on --admin-port when one is set). Every other "
             "path is forwarded to a replica chosen on the consistent-hash ring by the "
-            "X-Request-ID header."
+            "routing key (--key; by default the X-Request-ID header)."
         ),
     },
     "tags": [
         {"name": "pool", "description": "SPEC Task 3: view, grow and shrink the pool."},
         {"name": "operator", "description": "Status, events and this document."},
     ],
-    "paths": {
-        "/rep": {
-            "get": {
-                "operationId": "listReplicas",
-                "tags": ["pool"],
-                "summary": "The pool's replicas",
-                "responses": {"200": _json(_ref("Replicas"), "N and the replica hostnames.")},
-            }
-        },
-        "/add": {"post": _change_operation("add")},
-        "/rm": {"delete": _change_operation("rm")},
-        "/lbproxy/status": {
-            "get": {
-                "operationId": "status",
-                "tags": ["operator"],
-                "summary": "Every replica's state, the ring and its shares",
-                "responses": {"200": _json(_ref("Status"), "The balancer's view of its pool.")},
-            }
-        },
-        "/lbproxy/events": {
-            "get": {
-                "operationId": "events",
-                "tags": ["operator"],
-                "summary": "The pool's recent events (a bounded log)",
-                "parameters": [
-                    {
-                        "name": "since",
-                        "in": "query",
-                        "required": False,
-                        "description": "Only events with a sequence number above this one.",
-                        "schema": {"type": "integer", "default": 0},
-                    }
-                ],
-                "responses": {
-                    "200": _json(_ref("Events"), "The events after `since`, oldest first."),
-                    "400": _failure("`since` is not an integer."),
-                },
-            }
-        },
-        "/lbproxy/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "tags": ["operator"],
-                "summary": "Prometheus metrics (text exposition format)",
-                "responses": {
-                    "200": {
-                        "description": "Counters, gauges and histograms of the balancer.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
-                },
-            }
-        },
-        OPENAPI_PATH: {
-            "get": {
-                "operationId": "openapi",
-                "tags": ["operator"],
-                "summary": "This document",
-                "responses": {
-                    "200": _json({"type": "object"}, "The OpenAPI 3.0 document."),
-                },
-            }
-        },
-    },
+    "paths": _paths(OPERATIONS + VIEW_OPERATIONS),
     "components": {
-        "schemas": _SCHEMAS,
+        "schemas": _RESPONSES | {model.__name__: schema(model) for model in _BODIES},
         "securitySchemes": {
             "adminToken": {
                 "type": "http",
                 "scheme": "bearer",
-                "description": "The balancer's --admin-token; only /add and /rm need it.",
+                "description": "The balancer's --admin-token; /add, /rm and PUT "
+                "/lbproxy/weight need it when one is set.",
             }
         },
     },
