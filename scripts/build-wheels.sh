@@ -7,6 +7,15 @@
 # uvloop, xxhash, aiodocker and everything they pull in), and the build backend
 # (setuptools, wheel) so the images can build the project from source without an index.
 # pip uses its own configured index; nothing here names one.
+#
+# It also gets the lbproxy-tools wheel (tools/pyproject.toml: `lbproxy loadtest`, `lbproxy
+# analyze`), built the same way from a scratch copy, WITHOUT its dependencies (matplotlib,
+# tqdm, jinja2): no image installs it. The balancer image carries only the balancer (issue
+# 13), and a load client belongs outside the container it measures: a Compose user runs
+# `lbproxy loadtest --url http://127.0.0.1:$LBPROXY_HOST_PORT` on the host
+# (`pip install 'lbproxy[tools]'`, or `pip install wheels/lbproxy_tools-*.whl` with an index
+# for its dependencies). Both wheels are checked: same version as the `tools` extra pins,
+# lbproxy's without lbproxy_tools, lbproxy-tools' with its report templates (package data).
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,7 +56,14 @@ cp "${ROOT_DIR}/pyproject.toml" "$SRC/"
 for pkg in lbproxy server_app; do
     cp -r "${ROOT_DIR}/${pkg}" "$SRC/"
 done
-find "$SRC" -name __pycache__ -type d -prune -exec rm -rf {} +
+# lbproxy-tools: tools/pyproject.toml takes its package from ../lbproxy_tools, so the copy
+# keeps that layout (its own directory: the lbproxy build above never sees lbproxy_tools).
+TOOLS_SRC="$(mktemp -d "${TMPDIR:-/tmp}/lbproxy-tools-wheel-src.XXXXXX")"
+trap 'rm -rf "$SRC" "$TOOLS_SRC"' EXIT
+mkdir "$TOOLS_SRC/tools"
+cp "${ROOT_DIR}/tools/pyproject.toml" "$TOOLS_SRC/tools/"
+cp -r "${ROOT_DIR}/lbproxy_tools" "$TOOLS_SRC/"
+find "$SRC" "$TOOLS_SRC" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 log "using ${PIP[*]} ($("${PIP[@]}" --version | awk '{print $2}'))"
 WANT=("${SRC}[docker]" "${build_requires[@]}")
@@ -66,6 +82,17 @@ else
         --wheel-dir "$WHEELS" "${WANT[@]}" \
         || die "pip wheel '.[docker]' ${build_requires[*]} failed"
 fi
+
+# lbproxy-tools: its own wheel only (see the top). The build backend is in wheels/ by now.
+rm -f "$WHEELS"/lbproxy_tools-*.whl
+# --no-index: its build backend (setuptools, wheel) is lbproxy's, in wheels/ since the step above.
+"${PIP[@]}" wheel --quiet --disable-pip-version-check --no-deps --no-index --find-links "$WHEELS" \
+    --wheel-dir "$WHEELS" "$TOOLS_SRC/tools" >/dev/null 2>&1 \
+    || die "pip wheel tools/ (lbproxy-tools) failed"
+
+# The two wheels agree with each other and hold what they should (scripts/check-wheels.py).
+"$PY" "${ROOT_DIR}/scripts/check-wheels.py" "$WHEELS" "${ROOT_DIR}/pyproject.toml" \
+    || die "the lbproxy / lbproxy-tools wheels in wheels/ are inconsistent"
 
 # Every wheel must install on the image's CPython 3.11 / glibc on this machine's
 # architecture (the images are built for it), or be pure Python.

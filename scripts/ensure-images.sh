@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one entry point before anything that needs the Docker images (make test, CI):
 #   1. the base image python:3.11-slim (pulled, or built locally when there is no registry),
-#   2. wheels/ (host-built wheels, so image builds need no package index),
+#   2. wheels/ (host-built wheels, so image builds need no package index; also the
+#      lbproxy-tools wheel, which no image installs: see scripts/build-wheels.sh),
 #   3. lbproxy-server:latest (Dockerfile.server) and lbproxy-lb:latest (Dockerfile.lb),
 # with the classic builder (`docker build`), timing each step, then the image sizes.
 # Idempotent: a second run reuses the base image, the wheels and Docker's layer cache.
@@ -81,6 +82,14 @@ docker run --rm --entrypoint python lbproxy-server:latest -c 'import server_app,
     || die "lbproxy-server:latest cannot import its packages"
 docker run --rm --entrypoint python lbproxy-lb:latest -c 'import lbproxy, aiohttp, aiodocker' \
     || die "lbproxy-lb:latest cannot import its packages"
+# The balancer image carries only the balancer (issue 13): no load client, no analysis, no
+# matplotlib. (lbproxy-tools is built into wheels/ by build-wheels.sh and installed on the
+# host, `pip install 'lbproxy[tools]'`; `lbproxy loadtest` then drives the published port.)
+docker run --rm --entrypoint python lbproxy-lb:latest -c '
+import importlib.util, sys
+found = [m for m in ("lbproxy_tools", "matplotlib", "tqdm", "jinja2") if importlib.util.find_spec(m)]
+sys.exit(f"tooling in the balancer image: {found}" if found else 0)' \
+    || die "lbproxy-lb:latest carries tooling"
 
 log "all images ready in $(elapsed "$TOTAL_START")"
 docker image ls --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' \

@@ -73,3 +73,29 @@ def test_tests_and_benches_take_process_helpers_from_the_tools() -> None:
                 if helpers:
                     offenders.append(f"{path.relative_to(ROOT)}: {', '.join(helpers)}")
     assert offenders == []
+
+
+def test_the_tools_distribution_ships_every_package_and_template() -> None:
+    """tools/pyproject.toml lists its packages by hand: a new subpackage or a report template
+    missing from it would be absent from the wheel, though a checkout (editable) works.
+    scripts/check-wheels.py checks the built wheels the same way (scripts/build-wheels.sh)."""
+    tools = tomllib.loads((ROOT / "tools" / "pyproject.toml").read_text())
+    setuptools_cfg = tools["tool"]["setuptools"]
+    listed = set(setuptools_cfg["packages"])
+    code = set(find_packages(str(ROOT), include=["lbproxy_tools", "lbproxy_tools.*"]))
+    assert code <= listed, sorted(code - listed)
+    data = setuptools_cfg.get("package-data", {})
+    source = ROOT / "lbproxy_tools"
+    unshipped = []
+    for path in sorted(source.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".py", ".pyc"):
+            continue
+        package = ".".join(path.parent.relative_to(ROOT).parts)
+        if package not in listed or not any(path.match(g) for g in data.get(package, [])):
+            unshipped.append(str(path.relative_to(ROOT)))
+    assert unshipped == []
+    assert any(p.suffix == ".j2" for p in source.rglob("*")), "the report templates moved?"
+    # The `tools` extra pins the version the sibling distribution has.
+    lbproxy = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pin = f"lbproxy-tools=={tools['project']['version']}"
+    assert pin in lbproxy["project"]["optional-dependencies"]["tools"]
