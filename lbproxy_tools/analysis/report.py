@@ -148,6 +148,14 @@ def _alt() -> dict[str, int]:
     return {"a": a, "b": b, "c": c}
 
 
+def _maglev_slots() -> int:
+    """The entries of the Maglev table a balancer started with the defaults builds."""
+    from lbproxy.ring import make_family
+
+    slots: int = make_family("maglev").slots  # type: ignore[attr-defined]
+    return slots
+
+
 def _a1_notes(analysis: Analysis, a1: list[Point]) -> list[tuple[Point, dict[str, object]]]:
     """Per A-1 point: its busiest replica, the others' counts, the largest gap to the ring."""
     R = analysis.options.requests
@@ -319,6 +327,7 @@ def context(analysis: Analysis, made: dict[str, Path]) -> dict[str, object]:
         "endpoints": [_exchange(ex) for ex in analysis.endpoints],
         **_kill(analysis),
         "alt": _alt(),
+        "maglev_slots": _maglev_slots(),
         "at3": [q for f in analysis.families if (q := analysis.point(f, 3)) is not None],
         "why": _why_seed(analysis),
         "variants": _variants(analysis),
