@@ -120,6 +120,8 @@ class BalancerServer:
             if balancer.autoscaler is not None and balancer.autoscaler.hold is not None:
                 self.frontend.on_empty = balancer.autoscaler.hold.offer  # scale from zero
             balancer.reconciler.on_retired = self.frontend.upstreams.forget_key
+            # Queued requests follow the ring when replicas join, die or leave.
+            balancer.pool.on_ring_change = self.frontend.ring_changed
             if tls is not None:
                 self.frontend.scheme = b"https"  # X-Forwarded-Proto / Forwarded proto
             self.frontend.start()
@@ -216,6 +218,8 @@ class BalancerServer:
         if self.frontend is not None:
             await self.frontend.drain(0)
             self.frontend = None
+            if self._app is not None:
+                self.balancer.pool.on_ring_change = None
         await self._cancel_tasks()
         if reconciler is not None and self._backend_open:
             await reconciler.close(fast=True)

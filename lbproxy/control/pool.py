@@ -159,6 +159,8 @@ class Pool:
         self.ring_builds = 0  # full builds (inline or in the worker)
         self.ring_derivations = 0  # removals derived from the ring in use
         self._recent_rings: dict[RingKey, Ring] = {}
+        #: Called whenever a new ring is in use (the front-end moves queued requests).
+        self.on_ring_change: Callable[[], None] | None = None
 
     # -- reads (the request path) ------------------------------------------------------
 
@@ -456,6 +458,8 @@ class Pool:
             del self._recent_rings[next(iter(self._recent_rings))]
         self._ring = ring
         self._ring_key = key
+        if self.on_ring_change is not None:
+            self.on_ring_change()
 
     def _schedule_build(self) -> None:
         if self._build_task is None or self._build_task.done():

@@ -30,7 +30,7 @@ from typing import cast
 import httptools
 
 from lbproxy.config import ProxyConfig
-from lbproxy.control.pool import Pool, Replica
+from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.errors import EmptyRingError, failure_body
 from lbproxy.frontend import forwarded, framing
 from lbproxy.frontend.framing import Out
@@ -164,12 +164,39 @@ class Frontend:
         #: scale-from-zero hold, control/autoscale.py); the request fails with 503 otherwise.
         self.on_empty: Callable[[Exchange], bool] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._redispatch_due = False
         if config.phase_timings and stats.phases is None:
             stats.phases = PhaseStats()
         self.phases = stats.phases
 
     def protocol(self) -> ClientConnection:
         return ClientConnection(self)
+
+    def ring_changed(self) -> None:
+        """The pool installed a new ring (``Pool.on_ring_change``): queued requests are
+        routed again on the next loop turn (once however many rings come in one turn)."""
+        if not self._redispatch_due:
+            self._redispatch_due = True
+            self.loop.call_soon(self._redispatch)
+
+    def _redispatch(self) -> None:
+        self._redispatch_due = False
+        for waiter in self.upstreams.redistribute(self._stays):
+            waiter.redispatch()
+
+    def _stays(self, waiter: object, key: str) -> bool:
+        """Whether a request queued on address ``key`` stays there: its key's owner is
+        still that address (with --bounded-load: its replica is still up there). Without
+        any replica up there is nowhere better to go."""
+        ex = cast(Exchange, waiter)
+        replica = ex.replica
+        if self.config.bounded_load:
+            return replica is not None and replica.state is ReplicaState.UP and replica.url == key
+        try:
+            owner = next(self.pool.pick(ex.key or ex.request_id.decode("latin-1")), None)
+        except EmptyRingError:
+            return True
+        return owner is None or owner.url == key
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="frontend-timeouts")
@@ -523,6 +550,28 @@ class Exchange:
             f"replica {name!r} is at its connection limit and the request waited "
             f"{self.front.config.queue_timeout:g} s in its queue",
         )
+
+    def redispatch(self) -> None:
+        """The ring changed while this waited in its replica's queue and its key belongs
+        elsewhere now (HAProxy's redispatch of queued requests): route again. Not a retry:
+        nothing was tried on the replica it leaves, so nothing is charged to it."""
+        if self.dead:
+            return
+        since = self.queued_at
+        self.queued_at = 0.0
+        self._drop_replica()
+        self.attempts -= 1
+        front = self.front
+        key = self.key or self.request_id.decode("latin-1")
+        bound = front.config.bounded_load
+        if bound:
+            self.candidates = front.pool.pick_bounded(key, bound, front.in_flight)
+        else:
+            self.candidates = front.pool.pick(key)
+        self.try_next()
+        replica = self.replica
+        if self.queued_at and replica is not None:  # queued again: by its arrival time
+            front.upstreams.backdate(replica.url, self, since)
 
     def _connect(self, key: str) -> None:
         self.connecting = True

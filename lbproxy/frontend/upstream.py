@@ -12,6 +12,12 @@ no idle connection and no free slot waits in that address's FIFO queue and gets 
 connection released (or the next free slot). Idle connections are still reused LIFO (the
 warmest socket first), but the waiting order is FIFO: whoever waited longest goes first.
 A waiter that waits longer than the queue timeout is answered 503 by the relay.
+
+A waiter is bound to an address, but the ring is not: when it changes (a replica joins,
+dies, is ejected or removed), ``redistribute`` takes out every waiter whose key now
+belongs to another replica, and the relay routes it again, keeping its arrival time
+(``backdate``), as HAProxy redispatches the queue of a server that goes down and lets one
+that comes up take from the backend's queue.
 """
 
 from __future__ import annotations
@@ -204,6 +210,9 @@ class Waiter(Protocol):
     def on_queue_timeout(self) -> None:
         """Waited longer than the queue timeout: answer 503."""
 
+    def redispatch(self) -> None:
+        """Taken out of its queue because the ring changed (``redistribute``): route again."""
+
 
 class Host:
     """Per-address state: idle connections (LIFO), the slot count, the FIFO queue."""
@@ -248,6 +257,8 @@ class UpstreamPool:
         self.queued = 0
         self.queue_timeouts = 0
         self.expired = 0
+        #: Waiters moved to another replica's queue (or straight to it) on a ring change.
+        self.redispatched = 0
 
     def host(self, key: str) -> Host:
         host = self._hosts.get(key)
@@ -304,6 +315,48 @@ class UpstreamPool:
         if host.open > 0:
             self.enqueue(host, waiter)
         return None
+
+    def redistribute(self, stays: Callable[[Waiter, str], bool]) -> list[Waiter]:
+        """The ring changed: take out of every queue the live waiters for which
+        ``stays(waiter, key)`` is False, oldest first, for the caller to route again.
+
+        HAProxy does this when a server goes down (its queued requests go back to the
+        backend, ``option redispatch``) and when one comes up (it takes from the backend's
+        queue); without it a request waits on an address that may never free a connection
+        (a replica that hangs or left) while the replica its key now maps to sits idle.
+        One pass over the waiters per ring change, which is rare next to requests.
+        """
+        moved: list[Waiter] = []
+        for key, host in self._hosts.items():
+            if not host.waiters:
+                continue
+            keep: deque[Waiter] = deque()
+            for waiter in host.waiters:
+                if waiter.dead:
+                    continue
+                if stays(waiter, key):
+                    keep.append(waiter)
+                else:
+                    moved.append(waiter)
+            host.waiters = keep
+        moved.sort(key=lambda w: w.queued_at)
+        self.redispatched += len(moved)
+        return moved
+
+    def backdate(self, key: str, waiter: Waiter, since: float) -> None:
+        """A redispatched waiter that joined ``key``'s queue keeps its arrival time and its
+        place by it: FIFO by arrival across the move, and ``--queue-timeout`` bounds the
+        whole wait, not each queue's share of it."""
+        host = self._hosts.get(key)
+        if host is None or not host.waiters or host.waiters[-1] is not waiter:
+            return
+        waiters = host.waiters
+        waiters.pop()
+        waiter.queued_at = since
+        i = len(waiters)
+        while i > 0 and waiters[i - 1].queued_at > since:
+            i -= 1
+        waiters.insert(i, waiter)
 
     def put(self, conn: UpstreamConnection) -> None:
         """A connection is free again: to the longest waiter, else to the idle list."""
