@@ -113,6 +113,8 @@ async def test_queued_requests_move_to_a_replica_that_joins(lb: BalancerUnderTes
     upstreams = lb.balancer.stats.upstreams
     assert upstreams is not None
     assert upstreams.redispatched == len(moved)
+    async with lb.client.get(lb.url + "/lbproxy/metrics") as r:
+        assert f"lbproxy_queue_redispatched_total {len(moved)}.0" in await r.text()
     lb.backend.release.set()
     assert (await held)[0] == 200
     for task in stayed:

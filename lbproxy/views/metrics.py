@@ -146,6 +146,11 @@ class BalancerCollector(Collector):
                 "Queued requests answered 503 after --queue-timeout",
                 value=upstreams.queue_timeouts,
             )
+            yield CounterMetricFamily(
+                "lbproxy_queue_redispatched",
+                "Queued requests moved to the replica the ring picks after it changed",
+                value=upstreams.redispatched,
+            )
             yield GaugeMetricFamily(
                 "lbproxy_queue_waiting", "Requests waiting in queues now", value=upstreams.waiting()
             )
