@@ -56,7 +56,12 @@ async def _unknown_endpoint(request: web.Request) -> web.Response:
 
 
 async def create_app(config: Config, backend: ReplicaBackend | None = None) -> web.Application:
-    """The control application for ``config`` (a coroutine: sessions need a running loop)."""
+    """The control application for ``config`` (a coroutine: sessions need a running loop).
+
+    Raises ``ConfigError`` first when ``config`` breaks a declared bound or rule: a Config
+    built in code (a test, an embedder) gets the checks the CLI's flags get.
+    """
+    config.validate()
     family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
     pool = Pool(
         family,
