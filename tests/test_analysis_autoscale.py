@@ -210,6 +210,22 @@ def test_a5_report_words_the_figures_from_a_template() -> None:
     assert "**not met**, 10 of 900 failed (503: 10), 10 in 10-35 s." in text
     assert "scale-up decision within one tick (<= 2 s)**: yes, 0.40 s." in text
     assert "yes, 200 ms against 200 ms for the fixed pool of 10 (1.00x)" in text
-    assert "the first scale-down came at 82.0 s" in text
+    assert "the first scale-down after it came at 82.0 s" in text
+    assert "yes, no change of direction within one stable window (20 s)" in text
     assert "| the client's whole request | 585 | 585 | **585** |" in text
     assert "{{" not in text and "{%" not in text
+
+
+@pytest.mark.unit
+def test_a5_report_calls_a_reversal_under_constant_load_flapping() -> None:
+    """Down then up at the same rate within one stable window is flapping; a run of
+    scale-ups answering a step is not."""
+    events = [
+        (12.5, "scaled up by 1: actual=2 ready=2"),
+        (13.8, "scaled up by 2: actual=4 ready=4"),
+        (52.2, "scaled down by 2: actual=8 ready=8"),
+        (62.0, "scaled up by 1: actual=9 ready=9"),
+    ]
+    flips = report._reversals(events, PROFILE, 20.0)
+    assert [(x["t1"], x["t2"], x["rate"]) for x in flips] == [(52.2, 62.0, 240.0)]
+    assert report._reversals(events, PROFILE, 5.0) == []

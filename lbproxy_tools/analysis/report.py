@@ -10,6 +10,7 @@ circle's arcs, ... An edit to the wording is an edit to the template alone.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import statistics
@@ -409,6 +410,7 @@ def a5_context(results: dict[str, Any]) -> dict[str, object]:
         ratio = a99 / h99
     colds = results.get("cold_starts") or []
     machine = results.get("machine") or {}
+    stable_window = 20.0 * (0.5 if results.get("quick") else 1.0)  # the default, scaled
     return {
         "r": {
             **results,
@@ -437,14 +439,35 @@ def a5_context(results: dict[str, Any]) -> dict[str, object]:
         "final_n": final_n,
         "final_ready": final_ready,
         "ratio": ratio,
-        "flapping_ok": all(c["changes"] <= 1 for c in auto.get("changes_in_constant_load") or []),
-        "scale_downs": [t for t, d in auto.get("events") or [] if d.startswith("scaled down")],
+        "stable_window": stable_window,
+        "reversals": _reversals(auto.get("events") or [], prof, stable_window),
+        "scale_downs_after_step_down": [
+            t
+            for t, d in auto.get("events") or []
+            if d.startswith("scaled down") and t >= prof[-1][0]
+        ],
         "colds": colds,
         "cold_median": {
             key: _median([c[key] for c in colds])
             for key in ("decision_ms", "launched_ms", "up_ms", "client_ms")
         },
     }
+
+
+def _reversals(
+    events: list[tuple[float, str]], prof: list[tuple[float, ...]], window: float
+) -> list[dict[str, object]]:
+    """Flapping: two consecutive scale changes in opposite directions, less than one stable
+    window apart, both under the same constant load. (A run of scale-ups answering a step is
+    a reaction, not flapping; a scale-down followed by a scale-up at the same rate is.)"""
+    changes = [(t, d) for t, d in events if d.startswith(("scaled up", "scaled down"))]
+    out: list[dict[str, object]] = []
+    for (t1, d1), (t2, d2) in itertools.pairwise(changes):
+        up1, up2 = d1.startswith("scaled up"), d2.startswith("scaled up")
+        stretch = next((ph for ph in prof if ph[2] == ph[3] and ph[0] <= t1 and t2 < ph[1]), None)
+        if up1 != up2 and t2 - t1 < window and stretch is not None:
+            out.append({"t1": t1, "d1": d1, "t2": t2, "d2": d2, "rate": stretch[2]})
+    return out
 
 
 def render_a5(results: dict[str, Any]) -> str:
