@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -16,7 +17,8 @@ import pytest
 
 from lbproxy.backends.base import ReplicaHandle
 from lbproxy.config import ProxyConfig
-from lbproxy.control.pool import Pool, ReplicaState
+from lbproxy.control.pool import Pool, Replica, ReplicaState
+from lbproxy.frontend.relay import Frontend
 from lbproxy.server import BalancerServer
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
 
@@ -187,95 +189,110 @@ def key_owned_by(pool: Pool, name: str) -> str:
     return next(k for k in (str(100000 + i) for i in range(10000)) if pool.owner(k).name == name)
 
 
+@dataclass
+class GatedRig:
+    """A gated balancer, a client, and the first replica with a routing key it owns."""
+
+    server: BalancerServer
+    backend: GatedBackend
+    client: aiohttp.ClientSession
+    front: Frontend
+    pool: Pool
+    name: str
+    gated: GatedReplica
+    key: str
+
+    def replica(self) -> Replica:
+        return next(r for r in self.pool.replicas() if r.name == self.name)
+
+    def get(self, path: str) -> Any:
+        """``GET path`` routed to the gated replica (await it, or ``async with`` it)."""
+        return self.client.get(self.server.url + path, headers={"X-Request-ID": self.key})
+
+    def spawn(self, path: str) -> asyncio.Task[aiohttp.ClientResponse]:
+        """The same request as a task that runs while the test looks at the balancer."""
+        return asyncio.create_task(self.get(path))
+
+
+@contextlib.asynccontextmanager
+async def gated_rig(**proxy: Any) -> AsyncIterator[GatedRig]:
+    async with gated_balancer(**proxy) as (server, backend), aiohttp.ClientSession() as client:
+        assert server.frontend is not None
+        pool = server.balancer.pool
+        name = sorted(backend.gated)[0]
+        yield GatedRig(
+            server,
+            backend,
+            client,
+            server.frontend,
+            pool,
+            name,
+            backend.gated[name],
+            key_owned_by(pool, name),
+        )
+
+
 async def test_connect_timeout_on_a_busy_replica_does_not_eject_it() -> None:
     """Issue 14, overload is not failure: the replica's accept queue is full (its new
     connects time out) while it answers on the connections it has. HAProxy counts such
     a server as up as long as its checks pass; here one failure in a row would eject."""
-    async with (
-        gated_balancer(connect_timeout=0.3, eject_after=1, retries=2) as (server, backend),
-        aiohttp.ClientSession() as client,
-    ):
-        pool = server.balancer.pool
-        name = sorted(backend.gated)[0]
-        replica = next(r for r in pool.replicas() if r.name == name)
-        key = key_owned_by(pool, name)
-        gated = backend.gated[name]
-        async with client.get(server.url + "/home", headers={"X-Request-ID": key}) as r:
+    async with gated_rig(connect_timeout=0.3, eject_after=1, retries=2) as rig:
+        async with rig.get("/home") as r:
             assert r.status == 200  # one pooled upstream connection to the gated replica
-        await gated.close_gate()
-        front = server.frontend
-        assert front is not None
-        hold = asyncio.create_task(client.get(server.url + "/hold", headers={"X-Request-ID": key}))
-        await gated.held.wait()  # the pooled connection carries /hold
-        other = asyncio.create_task(client.get(server.url + "/home", headers={"X-Request-ID": key}))
-        await wait_for(lambda: front.in_flight == 2)  # /home is connecting (SYN dropped)
-        gated.hold.set()  # meanwhile the replica answers on its existing connection
+        await rig.gated.close_gate()
+        hold = rig.spawn("/hold")
+        await rig.gated.held.wait()  # the pooled connection carries /hold
+        other = rig.spawn("/home")
+        await wait_for(lambda: rig.front.in_flight == 2)  # /home is connecting (SYN dropped)
+        rig.gated.hold.set()  # meanwhile the replica answers on its existing connection
         async with await hold as r:
             assert r.status == 200
         async with await other as r:
             assert r.status == 200
-        assert front.stats.upstream_errors.get("connect_timeout", 0) == 0
-        assert front.stats.upstream_errors["connect_overload"] == 1
+        assert rig.front.stats.upstream_errors.get("connect_timeout", 0) == 0
+        assert rig.front.stats.upstream_errors["connect_overload"] == 1
+        replica = rig.replica()
         assert replica.state is ReplicaState.UP and replica.ejections == 0
 
 
 async def test_requests_over_the_cap_wait_in_fifo_order_on_one_connection() -> None:
     """HAProxy's server maxconn + queue: with a cap of one connection, requests queue and
     reach the replica in arrival order, all on that one connection."""
-    async with (
-        gated_balancer(max_conns_per_replica=1) as (server, backend),
-        aiohttp.ClientSession() as client,
-    ):
-        front = server.frontend
-        assert front is not None
-        pool = server.balancer.pool
-        name = sorted(backend.gated)[0]
-        gated = backend.gated[name]
-        key = key_owned_by(pool, name)
-        hold = asyncio.create_task(client.get(server.url + "/hold", headers={"X-Request-ID": key}))
-        await gated.held.wait()
+    async with gated_rig(max_conns_per_replica=1) as rig:
+        hold = rig.spawn("/hold")
+        await rig.gated.held.wait()
         waiting = []
         for i in range(5):
-            waiting.append(
-                asyncio.create_task(
-                    client.get(server.url + f"/home?n={i}", headers={"X-Request-ID": key})
-                )
-            )
-            await wait_for(lambda i=i: front.upstreams.waiting() == i + 1)
-        gated.hold.set()
+            waiting.append(rig.spawn(f"/home?n={i}"))
+            await wait_for(lambda i=i: rig.front.upstreams.waiting() == i + 1)
+        rig.gated.hold.set()
         for task in [hold, *waiting]:
             async with await task as r:
                 assert r.status == 200
-        ours = [(n, line) for n, line in gated.log if not line.startswith(b"GET /heartbeat")]
+        log = rig.gated.log
+        ours = [(n, line) for n, line in log if not line.startswith(b"GET /heartbeat")]
         held_on = next(n for n, line in ours if line.startswith(b"GET /hold"))
         homes = [(n, line) for n, line in ours if line.startswith(b"GET /home?n=")]
         assert [line for _, line in homes] == [b"GET /home?n=%d HTTP/1.1" % i for i in range(5)]
         assert {n for n, _ in homes} == {held_on}  # the one capped connection, reused
-        assert front.upstreams.queued == 5
+        assert rig.front.upstreams.queued == 5
 
 
 async def test_queue_timeout_is_a_503_in_the_failure_shape() -> None:
-    async with (
-        gated_balancer(max_conns_per_replica=1, queue_timeout=0.1) as (server, backend),
-        aiohttp.ClientSession() as client,
-    ):
-        pool = server.balancer.pool
-        name = sorted(backend.gated)[0]
-        gated = backend.gated[name]
-        key = key_owned_by(pool, name)
-        hold = asyncio.create_task(client.get(server.url + "/hold", headers={"X-Request-ID": key}))
-        await gated.held.wait()
-        async with client.get(server.url + "/home", headers={"X-Request-ID": key}) as r:
+    async with gated_rig(max_conns_per_replica=1, queue_timeout=0.1) as rig:
+        hold = rig.spawn("/hold")
+        await rig.gated.held.wait()
+        async with rig.get("/home") as r:
             assert r.status == 503
             body = await r.json()
         assert body["status"] == "failure"
-        assert "connection limit" in body["message"] and name in body["message"]
-        gated.hold.set()
+        assert "connection limit" in body["message"] and rig.name in body["message"]
+        rig.gated.hold.set()
         async with await hold as r:
             assert r.status == 200
-        replica = next(r for r in pool.replicas() if r.name == name)
+        replica = rig.replica()
         assert replica.state is ReplicaState.UP and replica.in_flight == 0
-        async with client.get(server.url + "/lbproxy/metrics") as r:
+        async with rig.get("/lbproxy/metrics") as r:
             text = await r.text()
         assert "lbproxy_queue_timeouts_total 1.0" in text
         assert "lbproxy_queued_total 1.0" in text
@@ -304,30 +321,21 @@ async def test_reused_connection_closed_before_any_byte_is_retried_for_any_metho
     Nothing reached its application, so the POST is sent again on a fresh connection to
     the same replica (Go's net/http and HAProxy's http-reuse safe guard this race), and
     the replica is not charged a failure."""
-    async with (
-        gated_balancer(eject_after=1) as (server, backend),
-        aiohttp.ClientSession() as client,
-    ):
-        front = server.frontend
-        assert front is not None
-        pool = server.balancer.pool
-        name = sorted(backend.gated)[0]
-        gated = backend.gated[name]
-        key = key_owned_by(pool, name)
-        async with client.get(server.url + "/home", headers={"X-Request-ID": key}) as r:
+    async with gated_rig(eject_after=1) as rig:
+        async with rig.get("/home") as r:
             assert r.status == 200  # the connection is now pooled
-        gated.drop_reused = True
-        async with client.post(
-            server.url + "/submit", data=b"payload", headers={"X-Request-ID": key}
+        rig.gated.drop_reused = True
+        async with rig.client.post(
+            rig.server.url + "/submit", data=b"payload", headers={"X-Request-ID": rig.key}
         ) as r:
             assert r.status == 200
-            assert (await r.json())["replica"] == name
-        assert gated.dropped == 1
-        posts = [line for _, line in gated.log if line.startswith(b"POST /submit")]
+            assert (await r.json())["replica"] == rig.name
+        assert rig.gated.dropped == 1
+        posts = [line for _, line in rig.gated.log if line.startswith(b"POST /submit")]
         assert len(posts) == 2  # the dropped one and the retry
-        replica = next(r for r in pool.replicas() if r.name == name)
+        replica = rig.replica()
         assert replica.state is ReplicaState.UP and replica.failures == 0
-        assert front.stats.upstream_errors["stale_connection"] == 1
+        assert rig.front.stats.upstream_errors["stale_connection"] == 1
 
 
 @pytest.mark.lbconfig(proxy=ProxyConfig(max_conns_per_replica=1, queue_timeout=0.2))
