@@ -8,7 +8,6 @@ project's own network. Every test cleans up what it created, even when it fails.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import time
@@ -19,8 +18,7 @@ import aiohttp
 import pytest
 
 from lbproxy_tools.launcher import ComposeStack, compose_stack, docker_engine_answers
-from lbproxy_tools.loadtest import Meter, make_ids, run_load
-from tests.conftest import wait_for
+from tests.kill_under_load import kill_under_load
 
 # The first test's setup builds the images when they are stale: minutes on a busy machine.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
@@ -123,32 +121,26 @@ async def test_docker_kill_under_load_is_replaced_without_failures(stack: Compos
     async with aiohttp.ClientSession() as s:
         before = stack.replicas()
         victim = sorted(before)[1]
-        meter = Meter()
-        load = asyncio.create_task(
-            run_load(
-                stack.url,
-                requests=4000,
-                concurrency=8,
-                ids=make_ids("random", 4000, 9),
-                meter=meter,
-            )
-        )
-        await wait_for(lambda: meter.done >= 200, timeout=30)  # the load flows
-        killed = time.monotonic()
-        sh("docker", "kill", before[victim])
-        # the replacement: same hostname, new container, serving within 5 s
-        serving_after = None
-        while time.monotonic() - killed < 15:
+
+        async def replaced() -> bool:
+            # the replacement: same hostname, new container, up on the balancer
             now = stack.replicas()
-            if now.get(victim) not in (None, before[victim]):
-                async with s.get(stack.url + "/lbproxy/status") as r:
-                    reps = (await r.json())["message"]["replicas"]
-                state = next(x for x in reps if x["name"] == victim)
-                if state["state"] == "up" and state["backend_id"] == now[victim]:
-                    serving_after = time.monotonic() - killed
-                    break
-            await asyncio.sleep(0.1)
-        result = await load
+            if now.get(victim) in (None, before[victim]):
+                return False
+            async with s.get(stack.url + "/lbproxy/status") as r:
+                reps = (await r.json())["message"]["replicas"]
+            state = next(x for x in reps if x["name"] == victim)
+            return bool(state["state"] == "up" and state["backend_id"] == now[victim])
+
+        drill = await kill_under_load(
+            stack.url,
+            kill=lambda: sh("docker", "kill", before[victim]),
+            replaced=replaced,
+            requests=4000,
+            concurrency=8,
+            poll=0.1,
+        )
+    serving_after, result = drill.replaced_after, drill.result
     assert serving_after is not None, "no replacement came up"
     assert serving_after < 5.0, f"replacement took {serving_after:.1f}s"
     assert result.completed == 4000 and result.errors == {}, result.errors

@@ -11,8 +11,7 @@ import aiohttp
 import pytest
 
 from lbproxy_tools.launcher import pid_alive, run_balancer
-from lbproxy_tools.loadtest import Meter, make_ids, run_load
-from tests.conftest import wait_for
+from tests.kill_under_load import kill_under_load
 
 pytestmark = pytest.mark.process
 
@@ -61,36 +60,32 @@ async def test_kill_9_replica_under_load_loses_no_request() -> None:
     with run_balancer() as lb:
         async with aiohttp.ClientSession() as s:
             pids = await lb.replica_pids(s)
-            meter = Meter()
-            load = asyncio.create_task(
-                run_load(
-                    lb.url,
-                    requests=3000,
-                    concurrency=16,
-                    ids=make_ids("random", 3000, 9),
-                    meter=meter,
-                )
+            now: dict[str, int] = {}
+
+            async def replaced() -> bool:
+                # the pool is back at N with a new process under the same name
+                now.clear()
+                now.update(await lb.replica_pids(s))
+                return len(now) == 3 and now.get("Server 2", pids["Server 2"]) != pids["Server 2"]
+
+            drill = await kill_under_load(
+                lb.url,
+                kill=lambda: os.kill(pids["Server 2"], signal.SIGKILL),
+                replaced=replaced,
+                requests=3000,
+                concurrency=16,
+                replace_timeout=10,
             )
-            await wait_for(lambda: meter.done >= 200, timeout=30)  # the load flows
-            killed_at = time.time()
-            os.kill(pids["Server 2"], signal.SIGKILL)
-            result = await load
-            # the pool is back at N with a new process under the same name
-            deadline = time.monotonic() + 10
-            while True:
-                now = await lb.replica_pids(s)
-                if len(now) == 3 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
             async with s.get(lb.url + "/lbproxy/events") as r:
                 events = (await r.json())["message"]
+        result = drill.result
         assert result.completed == 3000 and result.errors == {}, result.errors
+        assert drill.replaced_after is not None, f"no replacement in the pool: {now}"
         assert set(now) == {"Server 1", "Server 2", "Server 3"}
-        assert now["Server 2"] != pids["Server 2"]
         served = [
             e
             for e in events
-            if e["replica"] == "Server 2" and e["kind"] == "up" and e["time"] >= killed_at
+            if e["replica"] == "Server 2" and e["kind"] == "up" and e["time"] >= drill.killed_at
         ]
         assert served, "no replacement came up"
 
