@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from lbproxy import argtypes
 from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
-from lbproxy.settings import check_bounds, setting
+from lbproxy.settings import check_bounds, count, seconds, setting
 
 BackendName = Literal["process", "docker", "swarm"]
 
@@ -33,24 +33,10 @@ SAMPLE_INTERVAL = 0.05
 class HealthConfig:
     """Heartbeat polling, HAProxy-style: ``fall`` misses mark a replica down, ``rise`` passes up."""
 
-    interval: float = setting(
-        1.0,
-        "--heartbeat-interval",
-        "seconds between heartbeat rounds",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="seconds between heartbeat rounds",
-    )
-    timeout: float = setting(
-        0.5, "--heartbeat-timeout", "seconds a heartbeat may take", parse=float, gt=0, unit="s"
-    )
-    fall: int = setting(
-        2, "--fall", "missed heartbeats in a row that mark a replica down", parse=int, gt=0
-    )
-    rise: int = setting(
-        1, "--rise", "passed heartbeats in a row that mark a new replica up", parse=int, gt=0
-    )
+    interval: float = seconds(1.0, "--heartbeat-interval", "seconds between heartbeat rounds")
+    timeout: float = seconds(0.5, "--heartbeat-timeout", "seconds a heartbeat may take")
+    fall: int = count(2, "--fall", "missed heartbeats in a row that mark a replica down")
+    rise: int = count(1, "--rise", "passed heartbeats in a row that mark a new replica up")
     #: What a heartbeat asks and which statuses pass (inclusive range; SPEC: any 2xx).
     path: str = setting(
         "/heartbeat",
@@ -86,76 +72,46 @@ def _rewrite_404_auto(config: Config) -> bool:
 class ProxyConfig:
     """Upstream timeouts and retry policy for forwarded requests."""
 
-    connect_timeout: float = setting(
-        1.0, "--connect-timeout", "seconds to connect to a replica", parse=float, gt=0, unit="s"
+    connect_timeout: float = seconds(1.0, "--connect-timeout", "seconds to connect to a replica")
+    read_timeout: float = seconds(
+        30.0, "--read-timeout", "seconds a replica may stay silent mid-response"
     )
-    read_timeout: float = setting(
-        30.0,
-        "--read-timeout",
-        "seconds a replica may stay silent mid-response",
-        parse=float,
-        gt=0,
-        unit="s",
+    retries: int = count(
+        2, "--retries", "other replicas to try when a connection fails", zero_ok=True
     )
-    retries: int = setting(
-        2, "--retries", "other replicas to try when a connection fails", parse=int, ge=0
-    )
-    max_body_bytes: int = setting(
-        16 * 1024 * 1024,
-        "--max-body",
-        "largest request body in bytes (413 beyond)",
-        parse=int,
-        gt=0,
-        shown="16 MiB",
-        doc="largest request body (413 beyond)",
+    max_body_bytes: int = count(
+        16 * 1024 * 1024, "--max-body", "largest request body in bytes (413 beyond)", shown="16 MiB"
     )
     #: A client must send a whole request head within this many seconds (slowloris guard).
-    header_timeout: float = setting(
+    header_timeout: float = seconds(
         10.0,
         "--header-timeout",
         "seconds a client has to send a request head (408 beyond; slowloris guard)",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="slow-client guard: seconds to send a request head (408 beyond)",
     )
     #: An idle keep-alive client connection is closed after this many seconds.
-    idle_timeout: float = setting(
-        60.0,
-        "--idle-timeout",
-        "seconds an idle keep-alive client connection is kept",
-        parse=float,
-        gt=0,
-        unit="s",
+    idle_timeout: float = seconds(
+        60.0, "--idle-timeout", "seconds an idle keep-alive client connection is kept"
     )
     #: Consecutive failed requests (connect error, reset, timeout, 5xx) that eject a replica
     #: from the ring until its heartbeat passes again; 0 disables passive ejection.
-    eject_after: int = setting(
+    eject_after: int = count(
         5,
         "--eject-after",
         "failed requests in a row that eject a replica until its heartbeat passes (0: off)",
-        parse=int,
-        ge=0,
+        zero_ok=True,
     )
     #: Envoy-style ejection time: an ejected replica stays off the ring for this many
     #: seconds times the number of times it was ejected (capped at ``eject_max_time``), then
     #: returns on its next passing heartbeat. Envoy's default is 30 s; replicas here restart
     #: in about a second, so 10 s. 0 readmits on the next passing heartbeat.
-    eject_base_time: float = setting(
+    eject_base_time: float = seconds(
         10.0,
         "--eject-base-time",
         "seconds an ejected replica stays out, times its ejections (Envoy; 0: next heartbeat)",
-        parse=float,
-        ge=0,
-        unit="s",
+        zero_ok=True,
     )
-    eject_max_time: float = setting(
-        300.0,
-        "--eject-max-time",
-        "cap on one ejection's time in seconds",
-        parse=float,
-        ge=0,
-        unit="s",
+    eject_max_time: float = seconds(
+        300.0, "--eject-max-time", "cap on one ejection's time in seconds", zero_ok=True
     )
     #: At most this share of the members is ejected at once (Envoy's max_ejection_percent);
     #: one replica may always be ejected, and the last one on the ring never is.
@@ -194,13 +150,12 @@ class ProxyConfig:
     rewrite_404: bool = setting(
         True,
         "--rewrite-404",
-        "turn a replica's 404 into the assignment's 400 'endpoint does not exist' body "
-        "(default: on for server_app replicas, off for your own --replica-cmd or image)",
+        "turn a replica's 404 into the assignment's 400 'endpoint does not exist' body (default: "
+        "on for server_app replicas, off for your own --replica-cmd or image)",
         parse=argtypes.on_off,
         metavar="{on,off}",
         auto=_rewrite_404_auto,
         shown="on for server_app, else off",
-        doc="turn a replica's 404 into the assignment's 400 \"endpoint does not exist\" body",
     )
     #: Per-phase latency histograms (head, pipeline, acquire, upstream, relay, loop lag) in
     #: /lbproxy/metrics; off by default because each mark costs a clock read per request.
@@ -216,25 +171,19 @@ class ProxyConfig:
     #: Upstream connections per replica, at most (HAProxy's server ``maxconn``); requests
     #: beyond wait in the replica's FIFO queue. 0: no cap (a connection per waiting request,
     #: which overran the replicas' accept queues at 1,500 clients: issue 14).
-    max_conns_per_replica: int = setting(
+    max_conns_per_replica: int = count(
         128,
         "--max-conns-per-replica",
         "upstream connections per replica at most (HAProxy maxconn); more requests wait in "
         "the replica's FIFO queue (0: no cap)",
-        parse=int,
-        ge=0,
+        zero_ok=True,
         doc="upstream connections per replica at most (HAProxy `maxconn`; 0: no cap); requests "
         "beyond wait in the replica's FIFO queue, 503 after `--queue-timeout` "
         "(docs/performance.md)",
     )
     #: Seconds a request may wait in that queue before it is answered 503.
-    queue_timeout: float = setting(
-        5.0,
-        "--queue-timeout",
-        "seconds a request may wait in a replica's queue before a 503",
-        parse=float,
-        gt=0,
-        unit="s",
+    queue_timeout: float = seconds(
+        5.0, "--queue-timeout", "seconds a request may wait in a replica's queue before a 503"
     )
     #: Peers whose X-Forwarded-*/Forwarded fields are kept and appended to; from anyone
     #: else they are replaced (frontend/forwarded.py). Empty: trust nobody.
@@ -253,16 +202,12 @@ class ProxyConfig:
     #: Pooled upstream connections idle this long are closed: below the replica servers'
     #: keep-alive (uvicorn and Node close idle connections after 5 s, aiohttp's server
     #: after 3630 s), so the replica rarely closes one just as a request goes out on it.
-    upstream_idle_timeout: float = setting(
+    upstream_idle_timeout: float = seconds(
         4.0,
         "--upstream-idle-timeout",
-        "seconds an idle pooled connection to a replica is kept (below its keep-alive)",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="pooled connections to a replica idle this long are closed (below uvicorn's/Node's 5 s"
-        " keep-alive); a request whose pooled connection turns out closed before any response "
-        "byte is resent on another connection to the same replica, any method",
+        "pooled connections to a replica idle this long are closed (below uvicorn's/Node's 5 s "
+        "keep-alive); a request whose pooled connection turns out closed before any response byte "
+        "is resent on another connection to the same replica, any method",
     )
 
 
@@ -271,22 +216,15 @@ class DockerConfig:
     """Where and how the Docker backend creates replica containers."""
 
     image: str = setting(
-        "lbproxy-server:latest",
-        "--docker-image",
-        "replica image (docker backend)",
-        doc="replica image (docker and swarm backends)",
+        "lbproxy-server:latest", "--docker-image", "replica image (docker and swarm backends)"
     )
     network: str = setting(
-        "lbproxy-net",
-        "--docker-network",
-        "network the replica containers join (docker backend)",
-        doc="network the replica containers join (docker backend)",
+        "lbproxy-net", "--docker-network", "network the replica containers join (docker backend)"
     )
     pool: str = setting(
         "lbproxy",
         "--pool",
-        "pool name labelled on the containers (docker backend)",
-        doc="pool name labelled on the containers and services (docker and swarm backends)",
+        "pool name labelled on the containers and services (docker and swarm backends)",
     )
     #: The port the replica listens on inside its container.
     replica_port: int = setting(
@@ -304,7 +242,6 @@ class DockerConfig:
         parse=int,
         gt=0,
         unit="MiB",
-        doc="memory limit per replica container (and per Swarm task)",
     )
     cpus: float = setting(
         0.5,
@@ -312,15 +249,13 @@ class DockerConfig:
         "CPU limit per replica container (and per Swarm task)",
         parse=float,
         gt=0,
-        doc="CPU limit per replica container (and per Swarm task)",
     )
     docker_url: str | None = setting(
         None,
         "--docker-url",
-        "Docker engine URL for the docker and swarm backends (default: DOCKER_HOST or the "
-        "local socket)",
+        "Docker engine URL for the docker and swarm backends (default: DOCKER_HOST or the local "
+        "socket)",
         shown="DOCKER_HOST or the local socket",
-        doc="the Docker engine the docker and swarm backends talk to",
     )
 
 
@@ -368,14 +303,8 @@ class AutoscaleConfig:
         gt=0,
     )
     #: Seconds between decisions.
-    tick: float = setting(
-        1.0,
-        "--autoscale-tick",
-        "seconds between decisions",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="autoscale: seconds between decisions (KPA: 2 s)",
+    tick: float = seconds(
+        1.0, "--autoscale-tick", "autoscale: seconds between decisions (KPA: 2 s)"
     )
     #: In-flight is sampled this often (at least once a tick); the windows average samples.
     sample_interval: float = setting(
@@ -385,82 +314,60 @@ class AutoscaleConfig:
         gt=0,
         auto=_sample_interval_auto,
     )
-    stable_window: float = setting(
+    stable_window: float = seconds(
         20.0,
         "--autoscale-stable-window",
-        "seconds of in-flight samples a normal decision averages",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="autoscale: seconds of in-flight samples a normal decision averages (KPA: 60 s)",
+        "autoscale: seconds of in-flight samples a normal decision averages (KPA: 60 s)",
     )
-    panic_window: float = setting(
+    panic_window: float = seconds(
         2.0,
         "--autoscale-panic-window",
-        "seconds of in-flight samples the panic check averages",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="autoscale: seconds of in-flight samples the panic check averages (KPA: 6 s)",
+        "autoscale: seconds of in-flight samples the panic check averages (KPA: 6 s)",
     )
     #: Panic (follow the panic window, never scale down) when it asks for this many times
     #: the ready replicas.
     panic_threshold: float = setting(
         2.0,
         "--autoscale-panic-threshold",
-        "panic when the panic window asks for this many times the ready replicas",
+        "autoscale: panic when the panic window asks for this many times the ready replicas",
         parse=float,
         gt=0,
-        doc="autoscale: panic when the panic window asks for this many times the ready replicas",
     )
     #: At most ``ceil(rate * ready)`` replicas after one decision (ready 0 counts as 1).
     max_scale_up_rate: float = setting(
         10.0,
         "--autoscale-max-scale-up-rate",
-        "at most this many times the ready replicas after one decision",
+        "autoscale: at most this many times the ready replicas after one decision (x10)",
         parse=float,
         gt=1,
-        doc="autoscale: at most this many times the ready replicas after one decision (x10)",
     )
     #: At least ``floor(ready / rate)`` replicas after one decision.
     max_scale_down_rate: float = setting(
         2.0,
         "--autoscale-max-scale-down-rate",
-        "at least 1/this of the replicas remain after one decision",
+        "autoscale: at least 1/this of the replicas remain after one decision (÷2)",
         parse=float,
         gt=1,
-        doc="autoscale: at least 1/this of the replicas remain after one decision (÷2)",
     )
     #: A scale-down follows the highest recommendation of this many seconds (HPA's
     #: stabilisation window): one quiet moment does not shrink the pool.
-    scale_down_delay: float = setting(
+    scale_down_delay: float = seconds(
         10.0,
         "--autoscale-scale-down-delay",
-        "seconds of lower recommendations before the pool shrinks (stabilisation)",
-        parse=float,
-        ge=0,
-        unit="s",
-        doc="autoscale: stabilisation window: seconds of lower recommendations before the pool "
-        "shrinks",
+        "autoscale: stabilisation window: seconds of lower recommendations before the pool shrinks",
+        zero_ok=True,
     )
     #: Scale to zero (min 0): requests arriving at an empty pool wait this long at most for a
     #: replica to start, and at most this many wait; 503 beyond either.
-    hold_timeout: float = setting(
+    hold_timeout: float = seconds(
         10.0,
         "--autoscale-hold-timeout",
         "scale to zero: seconds a request waits for a replica to start (503 beyond)",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="scale to zero: how long a request waits for a cold start (503 beyond)",
     )
-    hold_queue: int = setting(
+    hold_queue: int = count(
         1000,
         "--autoscale-hold-queue",
         "scale to zero: requests that may wait for a replica at once (503 beyond)",
-        parse=int,
-        gt=0,
-        doc="scale to zero: how many requests may wait for a cold start at once (503 beyond)",
     )
 
     def check(self) -> str | None:
@@ -493,8 +400,7 @@ class SwarmConfig:
     network: str = setting(
         "lbproxy-swarm",
         "--swarm-network",
-        "attachable overlay network of the replica services (swarm backend)",
-        doc="swarm: the replicas' attachable overlay network (the balancer must be on it)",
+        "swarm: the replicas' attachable overlay network (the balancer must be on it)",
     )
     #: Placement constraints, e.g. ("node.role==worker", "node.labels.zone==a").
     constraints: tuple[str, ...] = setting(
@@ -506,14 +412,10 @@ class SwarmConfig:
         "`node.role==worker,node.labels.zone==a`",
     )
     #: Seconds between full lists of the pool's services and tasks (events come sooner).
-    sync_interval: float = setting(
+    sync_interval: float = seconds(
         1.0,
         "--swarm-sync-interval",
-        "seconds between full lists of the pool's services and tasks (swarm)",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="swarm: full list of the pool's services and tasks at least this often (engine events "
+        "swarm: full list of the pool's services and tasks at least this often (engine events "
         "trigger one sooner)",
     )
     #: Stack namespace labelled on replica services so `docker stack rm` removes them.
@@ -569,22 +471,15 @@ class Config:
         choices=FAMILY_NAMES,
         doc="ring family: " + ", ".join(f"`{name}`" for name in FAMILY_NAMES),
     )
-    slots: int | None = setting(
+    slots: int | None = count(
         None,
         "--slots",
         "ring slots / table size (family default if unset)",
-        parse=int,
-        gt=0,
         shown="family's",
         doc="ring size / table size (prime for `maglev`)",
     )
-    vnodes: int | None = setting(
-        None,
-        "--vnodes",
-        "virtual nodes per replica (family default if unset)",
-        parse=int,
-        gt=0,
-        shown="family's",
+    vnodes: int | None = count(
+        None, "--vnodes", "virtual nodes per replica (family default if unset)", shown="family's"
     )
     #: Collision probing of the seed families: "quadratic" (SPEC) or "linear".
     probe: str = setting(
@@ -596,23 +491,11 @@ class Config:
         doc="collision probing of the seed families: `quadratic` (slot+1, +4, +9, ..., the "
         "assignment's) or `linear` (slot+1, +2, +3, ...)",
     )
-    start_timeout: float = setting(
-        10.0,
-        "--start-timeout",
-        "seconds a new replica has to pass its heartbeats",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="a new replica's time to pass its heartbeats, in seconds",
+    start_timeout: float = seconds(
+        10.0, "--start-timeout", "seconds a new replica has to pass its heartbeats"
     )
-    stop_timeout: float = setting(
-        5.0,
-        "--stop-timeout",
-        "seconds to drain and stop a replica before killing it",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="bound on draining and stopping one replica, in seconds; then it is killed",
+    stop_timeout: float = seconds(
+        5.0, "--stop-timeout", "seconds to drain and stop a replica before killing it"
     )
     #: The command each replica runs (backends/command.py); None runs ``python -m server_app``
     #: (process backend) or the image's own command (docker).
@@ -640,26 +523,18 @@ class Config:
         "words\"'`)",
     )
     #: Seconds between resyncs (list what runs, converge on it); events trigger them too.
-    resync_interval: float = setting(
+    resync_interval: float = seconds(
         10.0,
         "--resync-interval",
-        "seconds between resyncs: list what runs, remove orphans, replace the missing",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="how often the reconciler lists what runs and converges on it (orphans removed, "
-        "missing replaced)",
+        "how often the reconciler lists what runs and converges on it (orphans removed, missing "
+        "replaced)",
     )
     #: Overall bound on a graceful shutdown; below Compose's 30 s grace before SIGKILL.
-    shutdown_timeout: float = setting(
+    shutdown_timeout: float = seconds(
         25.0,
         "--shutdown-timeout",
-        "bound on a graceful shutdown (below Compose's 30 s grace); then replicas are killed",
-        parse=float,
-        gt=0,
-        unit="s",
-        doc="bound on a graceful shutdown; after it (or a second signal) replicas are killed and "
-        "removed",
+        "bound on a graceful shutdown (below Compose's 30 s grace); after it (or a second signal) "
+        "replicas are killed and removed",
     )
     #: When set, /add, /rm and every other mutating endpoint need "Authorization: Bearer".
     admin_token: str | None = setting(
@@ -688,8 +563,6 @@ class Config:
         parse=int,
         ge=0,
         le=65535,
-        doc="a separate listener for the balancer's own endpoints (/rep, /add, /rm, /lbproxy/*), "
-        "which then leave the public port",
     )
     #: PEM certificate chain and key: the public listener then speaks TLS only (HTTPS).
     tls_cert: str | None = setting(

@@ -20,8 +20,10 @@ __all__ = [
     "Setting",
     "build",
     "check_bounds",
+    "count",
     "get_path",
     "replace_path",
+    "seconds",
     "setting",
     "shown_default",
     "walk",
@@ -30,6 +32,8 @@ __all__ = [
 ENV_PREFIX = "LBPROXY_"
 
 T = TypeVar("T")
+F = TypeVar("F", bound=float | None)
+N = TypeVar("N", bound=int | None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,3 +243,19 @@ def replace_table(text: str, table: str) -> str:
     if not begin or not end:
         raise ValueError(f"the README has no {TABLE_BEGIN!r} ... {TABLE_END!r} block")
     return f"{head}{begin}\n{table}\n{end}{tail}"
+
+
+def seconds(
+    default: F, flag: str | None, help: str, *, zero_ok: bool = False, **options: Any
+) -> F:
+    """A duration setting: a float in seconds, positive (or ``zero_ok``: not negative)."""
+    bound = {"ge": 0} if zero_ok else {"gt": 0}
+    return setting(default, flag, help, parse=float, unit="s", **bound, **options)
+
+
+def count(
+    default: N, flag: str | None, help: str, *, zero_ok: bool = False, **options: Any
+) -> N:
+    """A whole-number setting, positive (or ``zero_ok``: not negative)."""
+    bound = {"ge": 0} if zero_ok else {"gt": 0}
+    return setting(default, flag, help, parse=int, **bound, **options)
