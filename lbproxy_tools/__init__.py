@@ -4,5 +4,5 @@
 and ``launcher`` (start a real ``lbproxy serve`` or the Compose stack; process and port
 helpers for tests and benchmarks). None of it runs inside the balancer, so neither
 ``pip install lbproxy`` nor the balancer image carries it or its dependencies (tqdm,
-matplotlib).
+matplotlib, jinja2 for the reports' templates in ``analysis/templates``).
 """
