@@ -229,3 +229,16 @@ def test_a5_report_calls_a_reversal_under_constant_load_flapping() -> None:
     flips = report._reversals(events, PROFILE, 20.0)
     assert [(x["t1"], x["t2"], x["rate"]) for x in flips] == [(52.2, 62.0, 240.0)]
     assert report._reversals(events, PROFILE, 5.0) == []
+
+
+@pytest.mark.unit
+def test_parts_select_task4_a5_or_both() -> None:
+    import argparse
+
+    from lbproxy_tools.analysis import _parts
+
+    assert _parts("a5") == ["a5"]
+    assert _parts("all") == ["a1-a4", "a5"]
+    assert _parts("a5, A1-A4") == ["a1-a4", "a5"]  # in run order, whatever the order given
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown part a3"):
+        _parts("a3")
