@@ -124,67 +124,81 @@ def _paths(operations: tuple[Operation, ...]) -> dict[str, Any]:
     return paths
 
 
-_REPLICA_STATES = ["starting", "up", "down", "draining", "ejected"]
+_STR: dict[str, Any] = {"type": "string"}
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_NAMES: dict[str, Any] = {"type": "array", "items": _STR}
+
+
+def _object(
+    properties: dict[str, Any], *, required: list[str] | None = None, closed: bool = False
+) -> dict[str, Any]:
+    """An object schema; every property is required unless ``required`` says otherwise."""
+    out: dict[str, Any] = {"type": "object", "properties": properties}
+    out["required"] = list(properties) if required is None else required
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def _answer(message: dict[str, Any], description: str, closed: bool = False) -> dict[str, Any]:
+    """SPEC's success envelope ``{"message": ..., "status": "successful"}``."""
+    status = {"type": "string", "enum": ["successful"]}
+    return _object({"message": message, "status": status}, closed=closed) | {
+        "description": description
+    }
+
 
 #: The answers' shapes (what the handlers build); the request bodies are generated.
 _RESPONSES: dict[str, Any] = {
-    "Failure": {
-        "type": "object",
-        "description": "SPEC's failure body, for every error the balancer answers itself.",
-        "required": ["message", "status"],
-        "additionalProperties": False,
-        "properties": {
+    "Failure": _object(
+        {
             "message": {"type": "string", "pattern": "^<Error> "},
             "status": {"type": "string", "enum": ["failure"]},
         },
-    },
-    "Replicas": {
-        "type": "object",
-        "description": "SPEC's /rep body: the pool's size and hostnames, in join order.",
-        "required": ["message", "status"],
-        "additionalProperties": False,
-        "properties": {
-            "message": {
-                "type": "object",
-                "required": ["N", "replicas"],
-                "additionalProperties": False,
-                "properties": {
-                    "N": {"type": "integer", "minimum": 0},
-                    "replicas": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "uniqueItems": True,
-                    },
-                },
-            },
-            "status": {"type": "string", "enum": ["successful"]},
-        },
+        closed=True,
+    )
+    | {"description": "SPEC's failure body, for every error the balancer answers itself."},
+    "Replicas": _answer(
+        _object({"N": _COUNT, "replicas": _NAMES | {"uniqueItems": True}}, closed=True),
+        "SPEC's /rep body: the pool's size and hostnames, in join order.",
+        closed=True,
+    )
+    | {
         "example": {
             "message": {"N": 3, "replicas": ["Server 1", "Server 2", "Server 3"]},
             "status": "successful",
-        },
+        }
     },
-    "Weight": {
-        "type": "object",
-        "description": "The answer of PUT /lbproxy/weight.",
-        "required": ["message", "status"],
-        "additionalProperties": False,
-        "properties": {
-            "message": {
-                "type": "object",
-                "required": ["hostname", "weight"],
-                "additionalProperties": False,
-                "properties": {
-                    "hostname": {"type": "string"},
-                    "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
-                },
+    "Weight": _answer(
+        _object(
+            {
+                "hostname": _STR,
+                "weight": {"type": "integer", "minimum": 1, "maximum": MAX_WEIGHT},
             },
-            "status": {"type": "string", "enum": ["successful"]},
+            closed=True,
+        ),
+        "The answer of PUT /lbproxy/weight.",
+        closed=True,
+    ),
+    "Replica": _object(
+        {
+            "name": _STR,
+            "ring_id": {"type": "integer", "minimum": 1},
+            "state": {"type": "string", "enum": ["starting", "up", "down", "draining", "ejected"]},
+            "since": {"type": "number", "description": "Unix time of the last state change."},
+            "url": _STR,
+            "backend_id": _STR
+            | {
+                "nullable": True,
+                "description": "The pid (process backend) or container id (docker backend).",
+            },
+            "in_flight": _COUNT,
+            "served": _COUNT,
+            "incarnations": _COUNT,
+            "ejections": _COUNT
+            | {"description": "Times failed requests took it off the ring (passive checks)."},
         },
-    },
-    "Replica": {
-        "type": "object",
-        "required": [
+        required=[
             "name",
             "ring_id",
             "state",
@@ -195,79 +209,39 @@ _RESPONSES: dict[str, Any] = {
             "served",
             "incarnations",
         ],
-        "properties": {
-            "name": {"type": "string"},
-            "ring_id": {"type": "integer", "minimum": 1},
-            "state": {"type": "string", "enum": _REPLICA_STATES},
-            "since": {"type": "number", "description": "Unix time of the last state change."},
-            "url": {"type": "string"},
-            "backend_id": {
-                "type": "string",
-                "nullable": True,
-                "description": "The pid (process backend) or container id (docker backend).",
-            },
-            "in_flight": {"type": "integer", "minimum": 0},
-            "served": {"type": "integer", "minimum": 0},
-            "incarnations": {"type": "integer", "minimum": 0},
-            "ejections": {
-                "type": "integer",
-                "minimum": 0,
-                "description": "Times failed requests took it off the ring (passive checks).",
-            },
-        },
-    },
-    "Status": {
-        "type": "object",
-        "required": ["message", "status"],
-        "properties": {
-            "message": {
-                "type": "object",
-                "required": ["N", "family", "ring", "shares", "replicas", "replacements"],
-                "properties": {
-                    "N": {"type": "integer", "minimum": 0},
-                    "family": {"type": "string"},
-                    "ring": {
-                        "type": "array",
-                        "items": {"type": "string"},
-                        "description": "The replicas on the ring now (those that are up).",
-                    },
-                    "shares": {
-                        "type": "object",
-                        "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
-                        "description": "The fraction of the key space each ring member owns.",
-                    },
-                    "replicas": {"type": "array", "items": _ref("Replica")},
-                    "replacements": {"type": "integer", "minimum": 0},
+    ),
+    "Status": _answer(
+        _object(
+            {
+                "N": _COUNT,
+                "family": _STR,
+                "ring": _NAMES
+                | {"description": "The replicas on the ring now (those that are up)."},
+                "shares": {
+                    "type": "object",
+                    "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1},
+                    "description": "The fraction of the key space each ring member owns.",
                 },
-            },
-            "status": {"type": "string", "enum": ["successful"]},
-        },
-    },
-    "Event": {
-        "type": "object",
-        "required": ["seq", "time", "kind", "replica", "detail"],
-        "properties": {
+                "replicas": {"type": "array", "items": _ref("Replica")},
+                "replacements": _COUNT,
+            }
+        ),
+        "Every replica's state, the ring and its shares.",
+    ),
+    "Event": _object(
+        {
             "seq": {"type": "integer", "minimum": 1},
             "time": {"type": "number", "description": "Unix time (the balancer's clock)."},
-            "kind": {
-                "type": "string",
-                "description": (
-                    "launched, up, first_response, died, heartbeat_down, removed_from_ring, "
-                    "replacing, replace_failed, added, removed, stopped, adopted"
-                ),
+            "kind": _STR
+            | {
+                "description": "launched, up, first_response, died, heartbeat_down, "
+                "removed_from_ring, replacing, replace_failed, added, removed, stopped, adopted"
             },
-            "replica": {"type": "string"},
-            "detail": {"type": "string"},
-        },
-    },
-    "Events": {
-        "type": "object",
-        "required": ["message", "status"],
-        "properties": {
-            "message": {"type": "array", "items": _ref("Event")},
-            "status": {"type": "string", "enum": ["successful"]},
-        },
-    },
+            "replica": _STR,
+            "detail": _STR,
+        }
+    ),
+    "Events": _answer({"type": "array", "items": _ref("Event")}, "Pool events, oldest first."),
 }
 
 
