@@ -161,3 +161,30 @@ def test_help_shows_the_variable_and_the_default(capsys: pytest.CaptureFixture[s
     assert "[env LBPROXY_HEARTBEAT_INTERVAL; default 1]" in out
     assert "[env LBPROXY_HEALTH_STATUS; default 2xx]" in out
     assert "[env LBPROXY_ADMIN_TOKEN; unset]" in out
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("argv", "sentence"),
+    [
+        (["--slots", "65536"], "Maglev needs a prime table size"),
+        (["--fall", "0"], "argument --fall: must be positive, got 0"),
+    ],
+)
+def test_serve_refuses_bad_settings_with_a_sentence_and_exit_2(
+    argv: list[str], sentence: str
+) -> None:
+    """The issue's example: before, ``--slots 65536`` died in a traceback from the ring."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "lbproxy", "serve", "--replicas", "0", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert sentence in proc.stderr
+    assert "Traceback" not in proc.stderr
