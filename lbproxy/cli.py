@@ -76,12 +76,13 @@ def _env_value(p: argparse.ArgumentParser, s: Setting, default: Any) -> Any:
 def _add_setting(p: argparse.ArgumentParser, path: str, declared: Any, s: Setting) -> None:
     assert s.flag is not None
     default = _env_value(p, s, declared if s.given_default else None)
+    raw = os.environ.get(s.env, "").strip()  # shown as given: "1:10", not a tuple
     if s.secret:
         shown = "set" if default else "unset"
     elif s.repeat:
-        shown = f"several as 'A=1 B=\"two words\"'; default {shown_default(s, default, ())}"
+        shown = f"several as 'A=1 B=\"two words\"'; default {raw or shown_default(s, (), ())}"
     else:
-        shown = "default " + shown_default(s, default, declared)
+        shown = "default " + (raw or shown_default(s, default, declared))
     kwargs: dict[str, Any] = {
         "dest": path,
         "type": _argtype(s),

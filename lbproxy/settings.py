@@ -189,7 +189,7 @@ def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
 
 def shown_default(s: Setting, value: Any, declared: Any) -> str:
     """How ``value`` reads in --help and the README (``shown`` when it is the default)."""
-    if s.shown is not None and (value == declared or not s.given_default):
+    if s.shown is not None and (value == declared if s.given_default else value is None):
         return s.shown
     if value is None:
         return "unset"

@@ -188,3 +188,15 @@ def test_serve_refuses_bad_settings_with_a_sentence_and_exit_2(
     assert proc.returncode == 2, proc.stderr
     assert sentence in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_help_shows_a_variable_as_given_and_never_a_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LBPROXY_AUTOSCALE", "1:3")
+    monkeypatch.setenv("LBPROXY_ADMIN_TOKEN", "s3cret")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[env LBPROXY_AUTOSCALE; default 1:3]" in out
+    assert "[env LBPROXY_ADMIN_TOKEN; set]" in out and "s3cret" not in out
