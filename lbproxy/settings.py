@@ -245,17 +245,13 @@ def replace_table(text: str, table: str) -> str:
     return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
-def seconds(
-    default: F, flag: str | None, help: str, *, zero_ok: bool = False, **options: Any
-) -> F:
+def seconds(default: F, flag: str | None, help: str, *, zero_ok: bool = False, **options: Any) -> F:
     """A duration setting: a float in seconds, positive (or ``zero_ok``: not negative)."""
     bound = {"ge": 0} if zero_ok else {"gt": 0}
     return setting(default, flag, help, parse=float, unit="s", **bound, **options)
 
 
-def count(
-    default: N, flag: str | None, help: str, *, zero_ok: bool = False, **options: Any
-) -> N:
+def count(default: N, flag: str | None, help: str, *, zero_ok: bool = False, **options: Any) -> N:
     """A whole-number setting, positive (or ``zero_ok``: not negative)."""
     bound = {"ge": 0} if zero_ok else {"gt": 0}
     return setting(default, flag, help, parse=int, **bound, **options)
