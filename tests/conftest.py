@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import itertools
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -138,6 +140,24 @@ def pytest_configure(config: pytest.Config) -> None:
     tiers = config.getoption("--tier", None)
     if tiers is not None and len(tiers) > 1:
         config.pluginmanager.register(_TierClock(), "tier-clock")
+
+
+@pytest.fixture(scope="session")
+def images() -> None:
+    """The Docker tier's images, built when stale (scripts/ensure-images.sh, idempotent;
+    minutes on a busy machine the first time). A failed build fails the test: the docker
+    tier runs only where an engine answers, and then it must not skip."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        ["bash", "scripts/ensure-images.sh"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"building the images failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
 
 
 # Property tests explore with a fixed seed: CI must not fail on a rare draw nobody can
