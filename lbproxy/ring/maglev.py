@@ -66,11 +66,13 @@ from array import array
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import repeat
 from typing import Any
 
 from lbproxy.errors import RingFullError
+from lbproxy.ring import shared
 from lbproxy.ring._common import EmptyRing, encode, xxh3_64_intdigest
 from lbproxy.ring.base import Ring
 
@@ -81,6 +83,7 @@ __all__ = [
     "MAX_WEIGHT",
     "MaglevFamily",
     "MaglevRing",
+    "SharedMaglevRing",
     "is_prime",
 ]
 
@@ -128,6 +131,7 @@ class MaglevRing:
         "_count",
         "_counts",
         "_gone",
+        "_keep",
         "_live",
         "_m",
         "_mask",
@@ -152,8 +156,11 @@ class MaglevRing:
         gone: frozenset[int] = frozenset(),
         weights: tuple[int, ...] | None = None,
         exact: bool = True,
+        keep: object = None,
     ) -> None:
         self.family = family
+        #: What the arrays are views of (a shared-memory mapping): alive as long as the ring.
+        self._keep = keep
         self._slots = slots
         self._table = table
         self._bits = bits
@@ -187,6 +194,24 @@ class MaglevRing:
             self._bits,
             pairs,
             state,
+        )
+
+    def share(self, segment: str) -> SharedMaglevRing:
+        """Write the arrays into shared-memory segment ``segment`` (in the build worker);
+        the small descriptor returned crosses the pipe instead of the arrays, and
+        ``attach`` maps them on the other side without a copy (``lbproxy.ring.shared``).
+        Raises ``OSError`` when the segment cannot be written (a full ``/dev/shm``)."""
+        arrays = [self._table] if self._pairs is None else [self._table, *self._pairs]
+        size, spans = shared.write(segment, [memoryview(a).cast("B") for a in arrays])
+        return SharedMaglevRing(
+            family=self.family,
+            slots=self._slots,
+            code="H" if self._table.itemsize == 2 else "I",
+            bits=self._bits,
+            segment=segment,
+            size=size,
+            spans=tuple(spans),
+            state=(self._gone, self._weights, self.exact),
         )
 
     @property
@@ -368,6 +393,7 @@ class MaglevRing:
             gone=frozenset(gone),
             weights=self._weights,
             exact=exact,
+            keep=self._keep,
         )
 
     def _overlap_free(self, gone: frozenset[int], departed: set[int]) -> bool:
@@ -412,6 +438,47 @@ def _restore(
     )
     view = memoryview(table).cast("H") if code == "H" else memoryview(table).cast("I")
     return MaglevRing(family, slots, view, bits, views, gone=gone, weights=weights, exact=exact)
+
+
+@dataclass(frozen=True, slots=True)
+class SharedMaglevRing:
+    """A ``MaglevRing`` whose arrays wait in a shared-memory segment (what the worker sends).
+
+    ``spans`` are (offset, length) of the table, then the pair values and their counts.
+    """
+
+    family: str
+    slots: tuple[str, ...]
+    code: str
+    bits: int
+    segment: str
+    size: int
+    spans: tuple[tuple[int, int], ...]
+    state: tuple[frozenset[int], tuple[int, ...] | None, bool]
+
+    def attach(self) -> MaglevRing:
+        """The ring, its arrays used in place in the mapped segment (unlinked at once)."""
+        mm = shared.attach(self.segment, self.size)
+        whole = memoryview(mm)
+        views = [whole[o : o + n] for o, n in self.spans]
+        table = views[0].cast("H") if self.code == "H" else views[0].cast("I")
+        pairs = None if len(views) == 1 else (views[1].cast("I"), views[2].cast("I"))
+        gone, weights, exact = self.state
+        return MaglevRing(
+            self.family,
+            self.slots,
+            table,
+            self.bits,
+            pairs,
+            gone=gone,
+            weights=weights,
+            exact=exact,
+            keep=mm,
+        )
+
+    def discard(self) -> None:
+        """Remove the segment unmapped (the ring is not wanted any more)."""
+        shared.discard(self.segment)
 
 
 class MaglevFamily:

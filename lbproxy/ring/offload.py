@@ -4,8 +4,13 @@ A Maglev build walks millions of table entries; on the event loop it would stall
 request for its duration, and in a thread the GIL would still hand the loop only slices.
 So the pool hands builds to one worker process (Envoy likewise builds its load-balancer
 tables off the worker threads) and keeps serving from the current ring until the new one
-arrives. The ring comes back pickled as a few flat arrays, so taking it in costs the loop a
-memory copy, not a build.
+arrives. A Maglev ring's arrays (up to 25 MiB) come back through shared memory
+(``lbproxy.ring.shared``): the worker writes them into a segment whose name the builder
+chose, only a small descriptor crosses the pipe, and the loop maps the segment and uses
+the arrays in place, so taking a ring in costs the loop a few system calls, not a copy.
+(Pickled through the pipe, unpickling 25 MiB on the balancer's side stalled the loop about
+20 ms at N = 1000.) Other rings, and any ring when the segment cannot be written, come back
+pickled.
 
 The worker is started on first use with the ``spawn`` method (no copy of the balancer's
 threads or sockets), is shared by every pool in the process (a balancer has one; a test
@@ -24,13 +29,16 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
+from lbproxy.ring import shared
 from lbproxy.ring.base import Ring, RingFamily
 
-__all__ = ["RingBuilder", "build_ring", "reopen", "shutdown"]
+__all__ = ["RingBuilder", "build_ring", "build_shared", "reopen", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +69,77 @@ def build_ring(
     return family.build(members)
 
 
+def build_shared(
+    family: RingFamily,
+    members: Mapping[str, int],
+    weights: Mapping[str, int] | None,
+    segment: str,
+) -> Any:
+    """The worker's entry point: the ring, its arrays in shared-memory ``segment`` when the
+    ring can share them (a descriptor with ``attach``), else the ring itself (pickled)."""
+    ring = build_ring(family, members, weights)
+    share = getattr(ring, "share", None)
+    if share is None:
+        return ring
+    try:
+        return share(segment)
+    except OSError:  # a full /dev/shm (Docker's is 64 MiB): the pipe still works
+        return ring
+
+
+class _Segment:
+    """One build's segment name and who removes it: the loop maps it (and so unlinks it) if
+    it takes the result; otherwise whoever learns last that nobody will (the worker's
+    result arriving after the caller gave up, a failed or broken build, a shutdown)."""
+
+    def __init__(self) -> None:
+        self.name = shared.new_name()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._taken = False
+        _segments.add(self)
+
+    def watch(self, future: Future[Any]) -> None:
+        future.add_done_callback(self._done)  # runs in the executor's thread
+
+    def _done(self, future: Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.drop()
+            return
+        with self._lock:
+            abandoned = self._abandoned
+        if abandoned:
+            self.drop()
+
+    def take(self, result: Any) -> Ring:
+        """The ring from the worker's result (mapped in place when it was shared)."""
+        with self._lock:
+            self._taken = True
+        _segments.discard(self)
+        attach = getattr(result, "attach", None)
+        if attach is None:
+            return result  # type: ignore[no-any-return]
+        ring: Ring = attach()
+        return ring
+
+    def abandon(self, future: Future[Any]) -> None:
+        """The caller will not take the result: remove the segment now or when it exists."""
+        with self._lock:
+            self._abandoned = True
+        if future.done():
+            self.drop()
+
+    def drop(self) -> None:
+        with self._lock:
+            if self._taken:
+                return
+        shared.discard(self.name)
+        _segments.discard(self)
+
+
+#: Segments of builds not yet taken or dropped (``shutdown`` removes them after the worker).
+_segments: set[_Segment] = set()
+
 _executor: ProcessPoolExecutor | None = None
 #: Set by ``shutdown``: a build the shutdown broke ends as cancelled, with no new worker.
 _closed = False
@@ -71,6 +150,9 @@ def _pool() -> ProcessPoolExecutor:
     if _closed:  # after shutdown nothing starts a worker: the build ends as cancelled
         raise asyncio.CancelledError
     if _executor is None:
+        stale = shared.sweep_stale()  # segments of a balancer killed mid-build
+        if stale:
+            log.info("removed %d shared-memory ring segments of dead processes", stale)
         _executor = ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
@@ -95,12 +177,17 @@ def shutdown() -> None:
     global _closed
     _closed = True
     executor = _executor
-    if executor is None:
-        return
-    for process in list(getattr(executor, "_processes", {}).values()):
-        with contextlib.suppress(OSError):
-            process.terminate()
-    _discard(executor)
+    if executor is not None:
+        processes = list(getattr(executor, "_processes", {}).values())
+        for process in processes:
+            with contextlib.suppress(OSError):
+                process.terminate()
+        for process in processes:  # dead before its segments go: it writes no new one
+            with contextlib.suppress(OSError, ValueError, AssertionError):
+                process.join(1.0)
+        _discard(executor)
+    for segment in list(_segments):
+        segment.drop()
 
 
 def reopen() -> None:
@@ -122,13 +209,22 @@ class RingBuilder:
         weights: Mapping[str, int] | None = None,
     ) -> Ring:
         """The ring over ``members``, built in the worker; restarts a worker that died once."""
-        loop = asyncio.get_running_loop()
         args = (family, dict(members), dict(weights) if weights else None)
         for attempt in (1, 2):
             executor = _pool()
+            segment = _Segment()
+            future: Future[Any] | None = None
             try:
-                ring = await loop.run_in_executor(executor, build_ring, *args)
-            except BrokenProcessPool:
+                future = executor.submit(build_shared, *args, segment.name)
+                segment.watch(future)
+                ring = segment.take(await asyncio.wrap_future(future))
+            except BaseException as exc:
+                if future is None:
+                    segment.drop()
+                else:
+                    segment.abandon(future)
+                if not isinstance(exc, BrokenProcessPool):
+                    raise
                 if _closed:  # stopped on purpose at exit: no warning, no new worker
                     raise asyncio.CancelledError from None
                 log.warning("the ring build worker died; starting another (attempt %d)", attempt)
