@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from lbproxy.backends.base import BackendEvent, ReplicaHandle
-from lbproxy.config import HealthConfig
+from lbproxy.config import HealthConfig, ProxyConfig
 from lbproxy.control.health import HealthMonitor
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.ring import make_family
@@ -119,3 +119,33 @@ async def test_death_of_an_old_incarnation_is_dropped(lb: BalancerUnderTest) -> 
     lb.balancer.reconciler.on_death(BackendEvent("Server 2", first, "late duplicate (test)"))
     assert member.state is ReplicaState.UP and "Server 2" in pool.ring.names
     assert len(lb.backend.launched) == launched
+
+
+@pytest.mark.lbconfig(proxy=ProxyConfig(eject_after=1))
+async def test_passive_failure_of_an_old_incarnation_is_dropped(lb: BalancerUnderTest) -> None:
+    """A proxied request's failure belongs to the incarnation it was sent to (Envoy's outlier
+    detection counts per host, and a replacement is a new host): a connection of the dead
+    incarnation that breaks after its replacement is up must not eject the replacement."""
+    pool = lb.balancer.pool
+    member = pool.get("Server 2")
+    assert member is not None and member.incarnation is not None
+    first = member.incarnation
+    key = next(str(k) for k in range(100_000, 200_000) if pool.owner(str(k)) is member)
+    held = asyncio.create_task(lb.client.get(lb.url + "/_t/hold", headers={"X-Request-ID": key}))
+    await wait_for(lambda: member.in_flight == 1)
+    # Incarnation 1 is reported dead but its process lingers with the request (a death
+    # event that raced a slow exit): the member is replaced, the old connection still open.
+    entry = lb.backend.live("Server 2")
+    del lb.backend.running[entry.handle.backend_id]
+    lb.balancer.reconciler.on_death(BackendEvent("Server 2", first.backend_id, "exited (test)"))
+    await wait_for(
+        lambda: member.state is ReplicaState.UP and member.incarnation is not first, timeout=10
+    )
+    retries = lb.balancer.stats.retries
+    await entry.runner.cleanup()  # now incarnation 1's connection breaks: a passive failure
+    await wait_for(lambda: lb.balancer.stats.retries > retries)  # retried elsewhere
+    assert member.state is ReplicaState.UP, "the replacement was ejected for its predecessor"
+    assert member.failures == 0 and "Server 2" in pool.ring.names
+    lb.backend.release.set()
+    async with await held as r:
+        assert r.status == 200

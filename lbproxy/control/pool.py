@@ -91,7 +91,7 @@ class Replica:
     served: int = 0
     served_total: int = 0
     incarnations: int = 0
-    failures: int = 0  # consecutive failed proxied requests (passive outlier detection)
+    failures: int = 0  # consecutive failed proxied requests of the current incarnation
     ejections: int = 0
     ejected_until: float = 0.0  # monotonic time before which an ejected member stays out
     eject_streak: int = 0  # the ejection-time multiplier; decays after a quiet eject_max_time
@@ -348,8 +348,15 @@ class Pool:
             self.events.emit("removed_from_ring", replica.name, reason)
         return True
 
-    def note_failure(self, replica: Replica, kind: str) -> None:
+    def note_failure(
+        self, replica: Replica, kind: str, incarnation: Incarnation | None = None
+    ) -> None:
         """A proxied request failed on ``replica``; ``eject_after`` in a row eject it.
+
+        ``incarnation`` is the one the request was sent to (None: the current one). A
+        failure seen on a connection of an incarnation that is no longer current (replaced,
+        or reported dead) is dropped: it says nothing about the replacement, which Envoy
+        would count as another host, and with a low ``eject_after`` it would eject it.
 
         Ejection is passive outlier detection as Envoy does it: the replica leaves the ring
         at once (a derivation, never a build) for ``eject_base_time`` x the times it was
@@ -359,6 +366,12 @@ class Pool:
         one may be), and the last replica on the ring is never ejected: a degraded answer
         beats none.
         """
+        if incarnation is not None and (
+            replica.incarnation is not incarnation
+            or incarnation.dead
+            or self._members.get(replica.name) is not replica
+        ):
+            return
         replica.failures += 1
         if (
             self.eject_after

@@ -30,7 +30,7 @@ from typing import cast
 import httptools
 
 from lbproxy.config import ProxyConfig
-from lbproxy.control.pool import Pool, Replica, ReplicaState
+from lbproxy.control.pool import Incarnation, Pool, Replica, ReplicaState
 from lbproxy.errors import EmptyRingError, failure_body
 from lbproxy.frontend import forwarded, framing
 from lbproxy.frontend.framing import Out
@@ -270,6 +270,7 @@ class Exchange:
         "host",
         "hosts",
         "http11",
+        "incarnation",
         "interim",
         "keep_alive",
         "key",
@@ -334,6 +335,8 @@ class Exchange:
         self.control = False
         self.candidates: object = None
         self.replica: Replica | None = None
+        #: The incarnation of ``replica`` the request went to: its failures count there only.
+        self.incarnation: Incarnation | None = None
         self.charged: Replica | None = None
         self.counted = False
         self.conn: UpstreamConnection | None = None
@@ -521,6 +524,7 @@ class Exchange:
         if self.attempts > 1:
             front.stats.retries += 1
         self.replica = replica
+        self.incarnation = replica.incarnation
         if self.charged is not None:
             self._discharge()
         replica.in_flight += 1
@@ -671,6 +675,7 @@ class Exchange:
         replica = self.replica
         if replica is None:
             return False
+        self.incarnation = replica.incarnation
         conn = front.upstreams.acquire(replica.url, self, front.config.max_conns_per_replica)
         if conn is not None:
             self._send(conn)
@@ -699,7 +704,7 @@ class Exchange:
         self._discharge()
         replica = self.replica
         if replica is not None and not self.control:
-            self.front.pool.note_failure(replica, kind)
+            self.front.pool.note_failure(replica, kind, self.incarnation)
 
     # -- the response (ResponseSink) ----------------------------------------------------
 
@@ -1034,9 +1039,9 @@ class Exchange:
                 if replica.served == 1:
                     front.pool.events.emit("first_response", replica.name, f"status {status}")
                 if status >= 500:
-                    front.pool.note_failure(replica, f"status {status}")
-                else:
-                    replica.failures = 0
+                    front.pool.note_failure(replica, f"status {status}", self.incarnation)
+                elif replica.failures and replica.incarnation is self.incarnation:
+                    replica.failures = 0  # a success of the incarnation that failed
         if not self.control and self.start:  # a dashboard stream's lifetime is no latency
             now = front.loop.time()
             front.stats.observe(now - self.start)
