@@ -142,6 +142,39 @@ async def test_death_in_an_event_gap_is_found_by_resync() -> None:
         await server.stop()
 
 
+async def test_resync_replaces_an_unlisted_replica_whose_address_still_answers() -> None:
+    """The backend's list says what runs: an incarnation gone from it is replaced even when
+    something still answers at its address. A heartbeat cannot tell our replica from
+    another process that took its port (or a container that took its IP), so it is no
+    evidence that ours still runs (Kubernetes likewise replaces a pod the API no longer
+    lists, whatever answers at its old IP)."""
+    backend = InProcessBackend()
+    config = fast_config(health=HealthConfig(interval=3600.0, fall=100))
+    server = await start_balancer(config, backend)
+    stranger = backend.live("Server 2")
+    try:
+        pool = server.balancer.pool
+        victim = pool.get("Server 2")
+        assert victim is not None and victim.incarnation is not None
+        first = victim.incarnation
+        # Gone from the backend's list, while its address keeps answering heartbeats.
+        backend.running.pop(stranger.handle.backend_id)
+        launched = len(backend.launched)
+        reconciler = server.balancer.reconciler
+        reconciler.request_resync()
+        await wait_for(lambda: victim.state is ReplicaState.UP and victim.incarnation is not first)
+        assert first.dead and len(backend.launched) == launched + 1
+        assert await _running_matches_pool(server, backend)
+        # Converged: another resync changes nothing.
+        resyncs = reconciler.resyncs
+        reconciler.request_resync()
+        await wait_for(lambda: reconciler.resyncs > resyncs)
+        assert len(backend.launched) == launched + 1 and victim.state is ReplicaState.UP
+    finally:
+        await stranger.runner.cleanup()
+        await server.stop()
+
+
 class _GatedBackend(InProcessBackend):
     """Launches of ``gated`` names pause after the replica runs, before launch() returns."""
 

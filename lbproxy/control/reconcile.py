@@ -25,7 +25,7 @@ import aiohttp
 
 from lbproxy.backends.base import RESYNC, BackendEvent, ReplicaBackend, ReplicaHandle
 from lbproxy.config import MAX_POOL_SIZE, Config
-from lbproxy.control.health import probe, wait_ready
+from lbproxy.control.health import wait_ready
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
 
@@ -445,9 +445,11 @@ class Reconciler:
     async def resync(self) -> None:
         """List what runs and converge on it; safe beside launches, stops and events.
 
-        A member whose current incarnation is not in the list (and has no launch in
-        flight) and does not answer one heartbeat died unseen (a gap in the event stream):
-        it goes DOWN and is replaced once.
+        A member whose current incarnation ran before the list was asked for, is not in
+        it and has no launch in flight died unseen (a gap in the event stream): it goes
+        DOWN and is replaced once. Whatever still answers at its address is not asked: a
+        heartbeat cannot tell our replica from another process that took its port (or a
+        container that took its IP), and the backend's list is what says what runs.
         A listed replica that no member's current incarnation is, that no launch in flight
         may still claim and that nobody is stopping already is an orphan (a crashed
         launch, a removed name an earlier balancer left): it is removed.
@@ -499,23 +501,13 @@ class Reconciler:
             and not self._launching[replica.name]
             and replica.state in (ReplicaState.UP, ReplicaState.EJECTED)
         ]
-        if not suspects:
-            return
-        # One heartbeat confirms before anything is replaced: a list that lags behind
-        # (an eventually consistent orchestrator, a backend that cannot list) must not
-        # cost a healthy replica. What is gone does not answer.
-        answers = await asyncio.gather(
-            *(probe(self._session, inc.url, self._config.health.timeout) for _, inc in suspects)
-        )
-        for (replica, incarnation), answered in zip(suspects, answers, strict=True):
-            if (
-                self._closing
-                or not self._pool.is_current(replica, incarnation)
-                or replica.state not in (ReplicaState.UP, ReplicaState.EJECTED)
-            ):
-                continue
-            if answered:
-                log.debug("resync: %r is not listed but answers its heartbeat", replica.name)
+        # No heartbeat is asked to confirm (it used to be, and kept a replica the engine no
+        # longer ran while its port answered for someone else). The process and Docker
+        # backends list consistently (what launch() returned is listed until it stops), and
+        # ``before`` leaves out an incarnation launched while the list was taken; the Swarm
+        # backend, whose list is eventually consistent, has its own sync (control/swarm.py).
+        for replica, incarnation in suspects:
+            if self._closing or not self._pool.is_current(replica, incarnation):
                 continue
             incarnation.dead = True
             reason = "no longer running (found by resync)"
