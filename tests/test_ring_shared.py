@@ -10,12 +10,15 @@ build, whether it is taken, cancelled, broken by a worker crash or cut by a shut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import mmap
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,7 @@ async def test_a_shared_ring_is_used_in_place_and_outlives_its_segment_name() ->
     assert isinstance(ring._table, memoryview) and ring._table.readonly
     assert _ours() == []  # unlinked as soon as it was mapped
     reference = family.build(_members(5))
+    assert isinstance(reference, MaglevRing)
     assert all(ring.lookup(k) == reference.lookup(k) for k in KEYS)
     assert ring.shares() == reference.shares()
     # A ring derived from it shares the mapping; the mapping lives as long as either does.
@@ -101,7 +105,7 @@ class _CrashAfterWriting(MaglevFamily):
     """A family whose ring writes its segment, then kills the worker before it can answer."""
 
     def build(self, members: Mapping[str, int], weights: Mapping[str, int] | None = None) -> Ring:
-        return _Crashing(super().build(members, weights))
+        return _Crashing(super().build(members, weights))  # type: ignore[return-value]
 
 
 class _Crashing:
@@ -119,7 +123,7 @@ async def test_a_worker_that_dies_after_writing_leaves_no_segment(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     family = _CrashAfterWriting("maglev", slots=SMALL)
-    with pytest.raises(offload.BrokenProcessPool):
+    with pytest.raises(BrokenProcessPool):
         await RingBuilder().build(family, _members(3))  # restarted once, dies again
     assert "worker died" in caplog.text
     await wait_for(lambda: not offload._segments, timeout=5)
@@ -179,3 +183,46 @@ def test_a_full_ram_disk_falls_back_to_the_pipe(monkeypatch: pytest.MonkeyPatch)
     result = offload.build_shared(family, _members(3), None, name)
     assert isinstance(result, MaglevRing)
     assert not (shared.segment_dir() / name).exists()
+
+
+async def test_a_balancer_leaves_no_segment_after_shutdown(tmp_path: Path) -> None:
+    """Real ``lbproxy serve`` (default table): an /add takes its ring through shared memory;
+    a SIGTERM while the next /add is under way leaves no segment of the balancer behind."""
+    import aiohttp
+
+    from lbproxy_tools.launcher import clean_env, free_loopback_port, serve_command, wait_http
+
+    port = free_loopback_port()
+    cmd = serve_command(port, 1, "--log-level", "warning")
+    with (tmp_path / "balancer.log").open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(*cmd, env=clean_env(), stderr=log_file)
+    url = f"http://127.0.0.1:{port}"
+    prefix = f"{shared.PREFIX}{proc.pid}-"
+
+    def leftovers() -> list[str]:
+        return [p.name for p in shared.segment_dir().iterdir() if p.name.startswith(prefix)]
+
+    try:
+        await asyncio.to_thread(wait_http, url + "/rep")
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + "/add", json={"n": 1, "hostnames": ["S2"]}) as r:
+                assert r.status == 200
+            assert leftovers() == []  # mapped and unlinked
+            pending = asyncio.ensure_future(
+                session.post(url + "/add", json={"n": 1, "hostnames": ["S3"]})
+            )
+            while True:  # S3 has joined (launching, or its ring being built)
+                async with session.get(url + "/lbproxy/status") as r:
+                    names = [rep["name"] for rep in (await r.json())["message"]["replicas"]]
+                if "S3" in names:
+                    break
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 60) == 0
+            with contextlib.suppress(aiohttp.ClientError):
+                (await pending).release()
+        assert leftovers() == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
