@@ -70,6 +70,8 @@ class Sample:
     start: float
     latency: float
     ok: bool
+    key: str = ""
+    why: str = ""  # a failure's status or exception; the slowest request's explanation
 
 
 @dataclass
@@ -97,13 +99,17 @@ class Load:
             key = rng.choice(self.ids) if self.ids else str(rng.randrange(100_000, 1_000_000))
             start = loop.time()
             ok = False
+            why = ""
             try:
                 async with session.get(self.url + "/home", headers={"X-Request-ID": key}) as r:
-                    await r.read()
+                    body = await r.read()
                     ok = r.status == 200
-            except (aiohttp.ClientError, TimeoutError, OSError):
-                ok = False
-            self.samples.append(Sample(start, loop.time() - start, ok))
+                    why = body[:160].decode("utf-8", "replace")
+                    if not ok:
+                        why = f"{r.status} {why}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            self.samples.append(Sample(start, loop.time() - start, ok, key, why))
 
 
 def pct(values: list[float], p: float) -> float:
@@ -160,6 +166,16 @@ async def churn_run(
     limit = 60.0 + n
     async with aiohttp.ClientSession() as admin:
 
+        def explain(name: str, samples: list[Sample], t0: float) -> None:
+            """Why the worst requests of a step were slow or failed (the table has no room)."""
+            for s in sorted(samples, key=lambda s: (s.ok, -s.latency))[:3]:
+                if s.ok and s.latency < 0.05:
+                    break
+                log(
+                    f"  {'ok' if s.ok else 'FAILED'} {s.latency * 1000:.1f} ms, started "
+                    f"{(s.start - t0) * 1000:+.0f} ms from the change, key {s.key} {s.why}"
+                )
+
         async def steady_period() -> None:
             t0 = loop.time()
             await asyncio.sleep(args.steady)
@@ -179,6 +195,7 @@ async def churn_run(
             during = [s for s in load.samples if t0 <= s.start + s.latency and s.start <= t2]
             rows.append({"n": n, "change": name, "samples": during, "took": t1 - t0})
             log(f"N={n} {name}: {len(during)} requests, applied in {(t1 - t0) * 1000:.0f} ms")
+            explain(name, during, t0)
 
         added: list[str] = []
 
@@ -286,10 +303,24 @@ async def churn_run(
     return out
 
 
+def _tree_has(tree: Path, word: str) -> bool:
+    """Whether the lbproxy tree at ``tree`` knows a setting (its source mentions it)."""
+    return any(word in p.read_text() for p in (tree / "lbproxy").glob("*.py"))
+
+
 def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     env = clean_env()
     if tree != ROOT:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
+    # Like for like: a tree with Envoy-style ejection (an ejected replica stays out for
+    # --eject-base-time x ejections) is given the base time asked for (0 by default: back
+    # on the next passing heartbeat, as before it), and no cap on the share ejected.
+    envoy = _tree_has(tree, "eject_base_time")
+    extra = (
+        ["--eject-base-time", f"{args.eject_base_time:g}", "--max-eject-percent", "100"]
+        if envoy
+        else []
+    )
     port = free_port()
     admin_port = free_port()
     cmd = lbproxy_cmd(
@@ -303,6 +334,7 @@ def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str
         str(args.read_timeout),
         "--eject-after",
         str(args.eject_after),
+        *extra,
     )
     url = f"http://127.0.0.1:{port}"
     with owned_processes(600 + 3 * n) as procs:
@@ -324,6 +356,7 @@ from lbproxy.backends.base import ReplicaHandle
 from lbproxy.ring import make_family
 
 n = int(sys.argv[1])
+repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 family = make_family("maglev")
 
 def handle(name):
@@ -407,11 +440,25 @@ async def main():
     # The same wait with nothing happening: what the OS scheduler alone costs the loop on
     # this machine over a window as long as a build's (the worker takes a core meanwhile).
     idle_until = [0.0]
-    await measure("idle", lambda: idle_until.__setitem__(0, loop.time() + 3.0),
-                  lambda: loop.time() >= idle_until[0])
+    runs = {"idle": [], "add": []}
+    for j in range(repeat):  # an idle window, an addition, its removal; the worst of each
+        await measure("idle", lambda: idle_until.__setitem__(0, loop.time() + 3.0),
+                      lambda: loop.time() >= idle_until[0])
+        runs["idle"].append(rows["idle"])
+        if j < repeat - 1:
+            extra = pool.add(f"replica-extra-{j}")
+            pool.set_handle(extra, handle(extra.name))
+            await measure("add", lambda: pool.mark_up(extra),
+                          lambda: extra.name in pool.ring.names)
+            runs["add"].append(rows["add"])
+            pool.remove(extra.name)
     new = pool.add("replica-new")
     pool.set_handle(new, handle(new.name))
     await measure("add", lambda: pool.mark_up(new), lambda: "replica-new" in pool.ring.names)
+    runs["add"].append(rows["add"])
+    for kind, seen in runs.items():  # the worst window, and every window's stall
+        rows[kind] = dict(max(seen, key=lambda r: r["stall_ms"]),
+                          all=[r["stall_ms"] for r in seen])
     await measure("remove", lambda: pool.remove("replica-new"),
                   lambda: "replica-new" not in pool.ring.names)
     victim = reps[1]
@@ -434,11 +481,11 @@ if __name__ == "__main__":  # the build worker is spawned: it imports this modul
 """
 
 
-def ring_level(n: int, tree: Path) -> dict[str, Any]:
+def ring_level(n: int, tree: Path, repeat: int = 1) -> dict[str, Any]:
     env = clean_env()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
     out = subprocess.run(
-        [sys.executable, "-c", RING_SCRIPT, str(n)],
+        [sys.executable, "-c", RING_SCRIPT, str(n), str(repeat)],
         env=env,
         cwd=tree,
         capture_output=True,
@@ -463,11 +510,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--replicas", type=_sizes, default=[3], help="process-level sizes, e.g. 3,100")
     p.add_argument("--ring", type=_sizes, default=[], help="ring-level sizes, e.g. 3,100,1000")
+    p.add_argument(
+        "--ring-repeat",
+        type=int,
+        default=1,
+        help="ring level: idle windows and additions measured this many times (worst shown)",
+    )
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--steady", type=float, default=3.0, help="steady seconds before each change")
     p.add_argument("--tail", type=float, default=0.5, help="seconds counted after a change")
     p.add_argument("--read-timeout", type=float, default=0.5)
     p.add_argument("--eject-after", type=int, default=3)
+    p.add_argument(
+        "--eject-base-time",
+        type=float,
+        default=0.0,
+        help="given to trees that have it; 0 readmits on the next passing heartbeat",
+    )
     p.add_argument("--changes", default="add,rm,kill,eject")
     p.add_argument("--baseline", type=Path, help="another lbproxy tree, measured interleaved")
     p.add_argument("--json", type=Path, help="also write every row here")
@@ -487,7 +546,7 @@ def main() -> int:
     for n in args.ring:
         for label, tree in trees:
             log(f"ring level: {label} N={n}")
-            ring_rows.append({"tree": label, **ring_level(n, tree)})
+            ring_rows.append({"tree": label, **ring_level(n, tree, args.ring_repeat)})
     if rows:
         print("\n| tree | N | change | requests | failed | slowest ms | p99 ms | applied in ms |")
         print("|---|---|---|---|---|---|---|---|")
@@ -513,6 +572,14 @@ def main() -> int:
                 f"| {r['tree']} | {r['n']} | {r['build_ms']:.0f} | {r['ring_mb']:.1f} "
                 f"| {r['balance']:.3f} | {r.get('take_ms', math.nan):.2f} | {cells} |"
             )
+        if args.ring_repeat > 1:
+            print()
+            for r in ring_rows:
+                stalls = "; ".join(
+                    f"{k} " + ", ".join(f"{x:.1f}" for x in r["changes"][k].get("all", []))
+                    for k in ("idle", "add")
+                )
+                print(f"- {r['tree']} N={r['n']}, every window's stall in ms: {stalls}")
     if args.json:
         args.json.write_text(json.dumps({"process": rows, "ring": ring_rows}, indent=1))
     return 0
