@@ -102,3 +102,26 @@ async def test_shutdown_during_a_build_ends_it_without_a_new_worker(
         assert offload._executor is None
     finally:
         offload.reopen()
+
+
+async def test_the_last_removal_builds_nothing_and_the_worker_has_its_own_group() -> None:
+    """An empty ring is installed at once (a shutdown removing every member used to start
+    a worker build), and the worker is out of the balancer's process group, so a SIGTERM
+    to the group (a supervisor stopping `lbproxy serve`) does not break a build."""
+    import os
+
+    from lbproxy.ring import offload
+
+    family = make_family("maglev", slots=65537)
+    pool = Pool(family, builder=RingBuilder())
+    first = [_join(pool, f"Server {i}") for i in (1, 2)]
+    pool.mark_up(*first)
+    await pool.settled()
+    builds = pool.ring_builds
+    pool.remove("Server 1", "Server 2")
+    assert pool.ring.names == frozenset() and pool.ring_builds == builds
+    assert pool._build_task is None or pool._build_task.done()
+    assert offload._executor is not None
+    workers = list(offload._executor._processes.values())  # type: ignore[attr-defined]
+    assert workers and all(os.getpgid(w.pid) == w.pid != os.getpgid(0) for w in workers)
+    pool.close()

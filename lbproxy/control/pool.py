@@ -436,6 +436,9 @@ class Pool:
         if cached is not None:
             self._install(key, cached)
             return
+        if not key:  # nobody up (the last death, a shutdown): nothing to build off the loop
+            self._install(key, self.family.build({}))
+            return
         names = {r.name for r in up}
         derived = self._derive(self._ring, self._ring_key, names)
         if derived is not None:

@@ -46,13 +46,20 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _worker_init() -> None:  # pragma: no cover - runs in the worker process
-    """Die with the balancer, leave Ctrl-C to it, and yield the CPU to it.
+    """Die with the balancer, leave signals to it, and yield the CPU to it.
 
     A build keeps a core busy for up to seconds; at a lower priority it never preempts the
     balancer's event loop on a busy machine (measured: the loop's longest stall during an
     addition fell to what the scheduler costs it anyway; bench/churn.py --ring).
+
+    The worker leaves the balancer's process group: a SIGTERM sent to the group (a
+    supervisor, a bench stopping ``lbproxy serve``) is for the balancer, whose shutdown
+    stops the worker; taken by the worker too it broke a build in flight, and the balancer
+    started another worker on its way out. The parent-death signal still ends it.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     with contextlib.suppress(OSError):
         os.nice(10)
     if sys.platform.startswith("linux"):
