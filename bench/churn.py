@@ -167,7 +167,17 @@ async def churn_run(
     async with aiohttp.ClientSession() as admin:
 
         def explain(name: str, samples: list[Sample], t0: float) -> None:
-            """Why the worst requests of a step were slow or failed (the table has no room)."""
+            """Why the worst requests of a step were slow or failed (the table has no room),
+            and when the slow ones came: the p99 of each 250 ms after the change."""
+            buckets: dict[int, list[float]] = {}
+            for s in samples:
+                buckets.setdefault(int((s.start + s.latency - t0) // 0.25), []).append(s.latency)
+            log(
+                "  p99 ms per 250 ms from the change: "
+                + " ".join(
+                    f"{k * 250:+d}:{pct(v, 99) * 1000:.1f}" for k, v in sorted(buckets.items())
+                )
+            )
             for s in sorted(samples, key=lambda s: (s.ok, -s.latency))[:3]:
                 if s.ok and s.latency < 0.05:
                     break
@@ -267,9 +277,44 @@ async def churn_run(
             await _wait(admin, admin_url, lambda s: victim in s["ring"], limit)
             load.ids = []
 
+        async def spawn() -> None:
+            """No change at all: boot one more server_app process beside the balancer and
+            wait for its heartbeat, as a replacement or an /add does, then stop it. What
+            this step costs the load is what the machine's CPU costs, not the control plane."""
+            port = free_port()
+            env = {**clean_env(), "PORT": str(port), "SERVER_ID": "spawn", "HOST": "127.0.0.1"}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "server_app",
+                env=env,
+                cwd=str(ROOT),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                deadline = loop.time() + limit
+                while loop.time() < deadline:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with admin.get(f"http://127.0.0.1:{port}/heartbeat") as r:
+                            if r.status == 200:
+                                return
+                    await asyncio.sleep(0.02)
+                raise RuntimeError("the spawned server_app did not answer")
+            finally:
+                proc.terminate()
+                await proc.wait()
+
         preparations = {"eject": eject_prepare}
         await asyncio.sleep(1.0)  # warm-up: connections, caches
-        for name, action in (("add 1", add), ("rm 1", rm), ("kill -9", kill), ("eject", eject)):
+        steps = (
+            ("spawn", spawn),
+            ("add 1", add),
+            ("rm 1", rm),
+            ("kill -9", kill),
+            ("eject", eject),
+        )
+        for name, action in steps:
             if name.split()[0] in args.changes:
                 await change(name, action)
         await steady_period()
@@ -527,7 +572,12 @@ def main() -> int:
         default=0.0,
         help="given to trees that have it; 0 readmits on the next passing heartbeat",
     )
-    p.add_argument("--changes", default="add,rm,kill,eject")
+    p.add_argument(
+        "--changes",
+        default="spawn,add,rm,kill,eject",
+        help="steps in order; spawn boots a server_app beside the balancer (no change): "
+        "the machine's share of a replacement's or an addition's cost",
+    )
     p.add_argument("--baseline", type=Path, help="another lbproxy tree, measured interleaved")
     p.add_argument("--json", type=Path, help="also write every row here")
     args = p.parse_args()
