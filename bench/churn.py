@@ -579,13 +579,19 @@ def main() -> int:
         "the machine's share of a replacement's or an addition's cost",
     )
     p.add_argument("--baseline", type=Path, help="another lbproxy tree, measured interleaved")
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="measure only --baseline (split a run that would not fit one locked slot)",
+    )
     p.add_argument("--json", type=Path, help="also write every row here")
     args = p.parse_args()
     args.changes = set(args.changes.split(","))
     trees: list[tuple[str, Path]] = []
     if args.baseline:
         trees.append(("before", args.baseline.resolve()))
-    trees.append(("after" if args.baseline else "this", ROOT))
+    if not args.baseline_only:
+        trees.append(("after" if args.baseline else "this", ROOT))
     rows: list[dict[str, Any]] = []
     for n in args.replicas:
         for label, tree in trees:
