@@ -151,7 +151,7 @@ class MaglevRing:
         slots: tuple[str, ...],
         table: array[int] | memoryview,
         bits: int,
-        pairs: tuple[array[int] | memoryview, array[int] | memoryview] | None,
+        pairs: tuple[array[int] | memoryview, ...] | None,
         *,
         gone: frozenset[int] = frozenset(),
         weights: tuple[int, ...] | None = None,
@@ -171,7 +171,8 @@ class MaglevRing:
         self._count = len(self._live)
         self._names = frozenset(slots[i] for i in self._live)
         self._weights = weights
-        #: (sorted distinct pair values, their entry counts): shares without a table scan.
+        #: (sorted distinct pair values, their entry counts, each slot's entry count as owner):
+        #: shares without a table scan, O(N) plus the departed owners' pairs.
         self._pairs = pairs
         self._shares: dict[str, float] | None = None
         self.exact = exact
@@ -352,10 +353,14 @@ class MaglevRing:
                 counts[pair >> bits] += c
         else:
             # The pair counts are sorted by value, so each owner's pairs are one run.
-            values, numbers = self._pairs
-            bounds = [bisect_left(values, o << bits) for o in range(len(slots) + 1)]
-            for o in range(len(slots)):
-                lo, hi = bounds[o], bounds[o + 1]
+            values, numbers = self._pairs[0], self._pairs[1]
+            totals = self._pairs[2] if len(self._pairs) > 2 else None
+            owners = gone if totals is not None else range(len(slots))
+            if totals is not None:
+                counts = [0 if o in gone else c for o, c in enumerate(totals)]
+            for o in owners:
+                lo = bisect_left(values, o << bits)
+                hi = bisect_left(values, (o + 1) << bits)
                 if o not in gone:
                     counts[o] += sum(numbers[lo:hi])
                     continue
@@ -429,13 +434,11 @@ def _restore(
     table: bytes,
     code: str,
     bits: int,
-    pairs: tuple[bytes, bytes] | None,
+    pairs: tuple[bytes, ...] | None,
     state: tuple[frozenset[int], tuple[int, ...] | None, bool],
 ) -> MaglevRing:
     gone, weights, exact = state
-    views = (
-        None if pairs is None else (memoryview(pairs[0]).cast("I"), memoryview(pairs[1]).cast("I"))
-    )
+    views = None if pairs is None else tuple(memoryview(p).cast("I") for p in pairs)
     view = memoryview(table).cast("H") if code == "H" else memoryview(table).cast("I")
     return MaglevRing(family, slots, view, bits, views, gone=gone, weights=weights, exact=exact)
 
@@ -462,7 +465,7 @@ class SharedMaglevRing:
         whole = memoryview(mm)
         views = [whole[o : o + n] for o, n in self.spans]
         table = views[0].cast("H") if self.code == "H" else views[0].cast("I")
-        pairs = None if len(views) == 1 else (views[1].cast("I"), views[2].cast("I"))
+        pairs = None if len(views) == 1 else tuple(v.cast("I") for v in views[1:])
         gone, weights, exact = self.state
         return MaglevRing(
             self.family,
@@ -555,7 +558,7 @@ class MaglevFamily:
         weighted = w if any(x != 1 for x in w) else None
         if n == 1:
             table = array(code, [none]) * m
-            pairs = (array("I", [none]), array("I", [m]))
+            pairs = (array("I", [none]), array("I", [m]), array("I", [m]))
             return MaglevRing(self.name, tuple(names), table, bits, pairs, weights=weighted)
         if _numpy() is None or not self.vectorized:
             owner, runner = _fill_rank(m, offsets, skips, reals)
@@ -564,7 +567,14 @@ class MaglevFamily:
                 [(o << bits) | (r if r >= 0 else none) for o, r in zip(owner, runner, strict=True)],
             )
             counted = sorted(Counter(table).items())
-            pairs = (array("I", [p for p, _ in counted]), array("I", [c for _, c in counted]))
+            totals = array("I", bytes(4 * n))
+            for p, c in counted:
+                totals[p >> bits] += c
+            pairs = (
+                array("I", [p for p, _ in counted]),
+                array("I", [c for _, c in counted]),
+                totals,
+            )
             return MaglevRing(self.name, tuple(names), table, bits, pairs, weights=weighted)
         np = _numpy()
         owner_np, runner_np = _fill_rank_numpy(m, offsets, skips, reals)
@@ -574,6 +584,7 @@ class MaglevFamily:
         pairs = (
             array("I", values.astype(np.uint32).tobytes()),
             array("I", numbers.astype(np.uint32).tobytes()),
+            array("I", np.bincount(owner_np, minlength=n).astype(np.uint32).tobytes()),
         )
         return MaglevRing(self.name, tuple(names), table, bits, pairs, weights=weighted)
 
