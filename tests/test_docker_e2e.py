@@ -40,16 +40,6 @@ def sh(*cmd: str, check: bool = True) -> str:
     return proc.stdout
 
 
-@pytest.fixture(scope="session")
-def images() -> None:
-    """Build the base image (if no registry), wheels and both images; fail, never skip."""
-    proc = subprocess.run(
-        ["bash", "scripts/ensure-images.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"building the images failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-
-
 def _wait_rep(stack: ComposeStack, n: int, timeout: float = 60.0) -> dict[str, object]:
     import urllib.request
 

@@ -96,15 +96,6 @@ def swarm() -> Iterator[None]:
             sh("docker", "swarm", "leave", "--force", check=False)
 
 
-@pytest.fixture(scope="module")
-def images() -> None:
-    proc = subprocess.run(
-        ["bash", "scripts/ensure-images.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"building the images failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-
-
 async def _engine(
     session: aiohttp.ClientSession, method: str, path: str, body: Any = None, **params: str
 ) -> Any:
