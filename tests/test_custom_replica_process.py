@@ -113,3 +113,30 @@ def test_replica_groups_do_not_outlive_a_sigkilled_balancer() -> None:
         while any(pid_alive(p) for p in members) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(pid_alive(p) for p in members), "a replica's group outlived the balancer"
+
+
+def test_a_replica_that_ignores_sigterm_does_not_outlive_a_sigkilled_balancer() -> None:
+    # The parent-death signal is SIGTERM (a graceful stop when it can be one); a command that
+    # ignores it must still go, as systemd's KillMode escalates to SIGKILL after its
+    # TimeoutStopSec: the wrapper kills the group once --stop-timeout has passed.
+    template = f"sh -c 'trap \"\" TERM; {PY} -m http.server {{port}} --bind 127.0.0.1; true'"
+
+    async def pids(url: str) -> list[int]:
+        async with aiohttp.ClientSession() as s, s.get(url + "/lbproxy/status") as r:
+            return [int(x["backend_id"]) for x in (await r.json())["message"]["replicas"]]
+
+    with run_balancer(
+        "--replica-cmd", template, "--health-path", "/", "--stop-timeout", "1", replicas=1
+    ) as lb:
+        leaders = asyncio.run(pids(lb.url))
+        members = set().union(*(group_members(p) for p in leaders))
+        assert len(members) >= 3, members
+        lb.proc.kill()
+        lb.proc.wait()
+        deadline = time.monotonic() + 15
+        while any(pid_alive(p) for p in members) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        alive = [p for p in members if pid_alive(p)]
+        for pid in alive:  # leave nothing behind, whatever the outcome
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, "a replica that ignores SIGTERM outlived the balancer"

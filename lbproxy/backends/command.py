@@ -71,16 +71,24 @@ def container_command(template: str | None, *, port: int, name: str, ring_id: in
     return shlex.split(substitute(template, port=port, name=name, ring_id=ring_id))
 
 
-def wrapper_script(command: str) -> str:
+def wrapper_script(command: str, *, grace: float = 5.0) -> str:
     """The ``sh -c`` script that runs ``command`` and takes its process group down with it.
 
     The trap ignores further signals first, so the group-wide ``kill`` does not re-enter
-    it; then it waits for the group to finish its own graceful shutdown.
+    it; then it waits for the command to finish its own graceful shutdown, for at most
+    ``grace`` seconds: a command that ignores SIGTERM (or whose workers outlive it) is then
+    killed with the whole group, as systemd escalates to SIGKILL after ``TimeoutStopSec``.
+    This matters when the balancer was killed -9: nobody else is left to escalate. Once the
+    command has exited, what is left of the group (the wrapper included) is killed.
     """
+    seconds = f"{max(grace, 0.0):g}"
     return (
-        "trap \"trap '' TERM INT HUP; kill -TERM 0 2>/dev/null; wait; exit 143\" TERM INT HUP\n"
+        "trap \"trap '' TERM INT HUP; kill -TERM 0 2>/dev/null; "
+        f"(sleep {seconds}; kill -KILL 0 2>/dev/null) & "
+        "wait \\$c; kill -KILL 0\" TERM INT HUP\n"
         f"{{\n{command}\n}} &\n"
-        "wait $!\n"
+        "c=$!\n"
+        "wait $c\n"
     )
 
 

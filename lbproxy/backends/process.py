@@ -141,7 +141,7 @@ class ProcessBackend:
             env["LBPROXY_PARENT_PID"] = str(os.getpid())
         else:
             command = substitute(template, port=port, name=name, ring_id=ring_id)
-            argv = ("/bin/sh", "-c", wrapper_script(command))
+            argv = ("/bin/sh", "-c", wrapper_script(command, grace=self._config.stop_timeout))
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
