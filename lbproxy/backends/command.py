@@ -85,7 +85,7 @@ def wrapper_script(command: str, *, grace: float = 5.0) -> str:
     return (
         "trap \"trap '' TERM INT HUP; kill -TERM 0 2>/dev/null; "
         f"(sleep {seconds}; kill -KILL 0 2>/dev/null) & "
-        "wait \\$c; kill -KILL 0\" TERM INT HUP\n"
+        'wait \\$c; kill -KILL 0" TERM INT HUP\n'
         f"{{\n{command}\n}} &\n"
         "c=$!\n"
         "wait $c\n"
