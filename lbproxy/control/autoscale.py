@@ -13,6 +13,9 @@ signal without a metrics pipeline. ``Decider`` is the pure core (time is passed 
 - A change must clear a 10% band around the current size (the HPA's tolerance), and a
   scale-down follows the highest recommendation of the last ``scale_down_delay`` seconds, so a
   constant load near a boundary does not flap.
+- Outside panic, a change also needs the panic window on its side (the stable window lags
+  a trend: after a ramp it would shrink a pool the plateau needs), and nothing scales down
+  while the load is rising.
 - Rate limits: at most ``ceil(max_scale_up_rate * ready)`` and at least
   ``floor(actual / max_scale_down_rate)`` replicas after one decision.
 - With ``min_replicas`` 0, a pool that saw no request at all for the stable window goes
@@ -113,7 +116,7 @@ class Decision:
     stable: float  # mean in-flight requests over the stable window (whole pool)
     panic: float  # the same over the panic window
     panicking: bool
-    reason: str  # load, panic, idle, bounds, manual hold, rate limit
+    reason: str  # load, panic, trend, idle, bounds, manual hold, rate limit
 
     @property
     def per_replica(self) -> float:
@@ -186,6 +189,27 @@ class Decider:
             return min(actual, _ceil(raw / (1 - TOLERANCE)))
         return want
 
+    @staticmethod
+    def _agreed(actual: int, rec: int, stable: float, panic: float, want_panic: int) -> int:
+        """``rec`` (from the stable window), moved only as far as the panic window agrees.
+
+        The stable window lags a trend by half its span. Right after a ramp up it still
+        averages in the ramp's lower load: it scaled a pool that the plateau needed back
+        down (A-5: 10 -> 8 at 52 s under a constant 240 req/s, up again to 9 at 62 s).
+        Right after a step down it still says "more" and would grow a pool the load no
+        longer needs. So a change needs the panic window (the load now) on its side too and
+        goes only as far as the more cautious of the two; and no scale-down while the load
+        is rising (the panic window above the stable one by more than the tolerance).
+        Under a constant load the windows agree and this changes nothing.
+        """
+        if rec > actual:
+            return max(actual, min(rec, want_panic))
+        if rec < actual:
+            if panic > stable * (1 + TOLERANCE):
+                return actual
+            return min(actual, max(rec, want_panic))
+        return rec
+
     def decide(self, now: float, actual: int, ready: int) -> Decision:
         c = self.config
         stable = self._stable.mean(now)
@@ -230,6 +254,11 @@ class Decider:
         if held > rec:
             reason = "scale-down delay"
         rec = held
+        if not panicking:
+            agreed = self._agreed(actual, rec, stable, panic, want_panic)
+            if agreed != rec:
+                reason = "trend"
+            rec = agreed
 
         if self.idle_for(now) >= c.stable_window and not panicking:
             rec = 0  # nothing at all for a stable window: no delay beyond that
