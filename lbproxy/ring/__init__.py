@@ -4,7 +4,7 @@
 uses; each family lives in its own sibling module behind the ``RingFamily`` protocol:
 
 ==================  ==========================================================================
-``maglev``          the default: Maglev lookup table (prime ``slots``, default 65537) filled
+``maglev``          the default: Maglev lookup table (prime ``slots``, default 4194287) filled
                     in rank order, exactly minimal disruption, O(1) lookup
 ``maglev-classic``  the Maglev paper's fill: tighter table balance, a little extra churn
 ``hashring``        ketama-style ring of ``vnodes`` xxh3 points per replica (default 160)

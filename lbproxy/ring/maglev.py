@@ -1,6 +1,6 @@
 """Maglev-style lookup tables (the default family, ``--hash maglev``).
 
-A key's entry is ``xxh3_64(key) mod M`` in a table of ``M`` entries (a prime, 2,097,143 by
+A key's entry is ``xxh3_64(key) mod M`` in a table of ``M`` entries (a prime, 4,194,287 by
 default); the entry names the replica. A lookup is one hash and two array reads.
 
 Every replica walks its own permutation of the table, derived from
@@ -33,8 +33,9 @@ first visitor of another replica.
 
 **Balance and the table size.** A replica's share is a count of entries it wins, so it
 deviates from 1/N by about ``0.7 * sqrt(N / M)``: with M = 65537 the largest share at
-N = 1000 was 1.27x the mean. The default M = 2,097,143 (the largest prime below 2^21) brings
-it to about 1.05x, with 2,097 entries a replica at N = 1000. Builds are never done on the
+N = 1000 was 1.27x the mean. The default M = 4,194,287 (the largest prime below 2^22 for
+which ``k -> k^3`` permutes) brings it to about 1.04x, with ~4,194 entries a replica at
+N = 1000. Builds are never done on the
 request path (``lbproxy.ring.offload`` runs them in a worker process) and removals are
 derived without a build, so the size costs memory (2-4 bytes an entry) and worker time only.
 
@@ -87,7 +88,8 @@ __all__ = [
     "is_prime",
 ]
 
-#: The default table size: the largest prime below 2**21, ~2,097 entries a replica at 1000.
+#: The default table size: the largest prime below 2**22 whose rank map is k^3 (docs/ring.md),
+#: ~4,194 entries a replica at N = 1000.
 DEFAULT_TABLE_SIZE = 4_194_287
 #: The classic fill balances to within one entry at any size and has no runner-ups to
 #: derive removals from, so it keeps the small table (and its pure-Python build).
