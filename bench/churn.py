@@ -251,9 +251,12 @@ async def churn_run(
 
         async def eject_prepare() -> None:
             pids = up_pids(await _status(admin, admin_url))
-            victim = sorted(pids)[0]
             probe = [str(k) for k in random.Random(7).sample(range(100_000, 1_000_000), 400)]
-            owned = [k for k, o in (await _owners(admin, url, probe)).items() if o == victim]
+            owners = await _owners(admin, url, probe)
+            # The replica owning the most probe keys (at N = 100 a fixed one may own fewer
+            # than --eject-after of 400), the first by name on a tie.
+            victim = min(pids, key=lambda name: (-sum(o == name for o in owners.values()), name))
+            owned = [k for k, o in owners.items() if o == victim]
             if len(owned) < args.eject_after:
                 raise RuntimeError(f"too few probe keys land on {victim}")
             # The load keeps to keys the victim does not own: those wait out the read timeout.
