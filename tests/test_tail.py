@@ -152,24 +152,30 @@ class GatedBackend(InProcessBackend):
     def __init__(self) -> None:
         super().__init__()
         self.gated: dict[str, GatedReplica] = {}
+        self.handles: dict[str, ReplicaHandle] = {}
 
     async def launch(self, name: str, ring_id: int) -> ReplicaHandle:
         replica = GatedReplica(name)
         self.gated[name] = replica
-        return ReplicaHandle(name, f"http://127.0.0.1:{replica.port}", f"g{name}", ring_id)
+        handle = ReplicaHandle(name, f"http://127.0.0.1:{replica.port}", f"g{name}", ring_id)
+        self.handles[name] = handle
+        return handle
 
     async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
         replica = self.gated.pop(handle.name, None)
+        self.handles.pop(handle.name, None)
         if replica is not None:
             await replica.close()
 
     async def list(self) -> list[ReplicaHandle]:
-        return []
+        """What runs: the balancer's resync replaces a replica its backend does not list."""
+        return list(self.handles.values())
 
     async def close(self) -> None:
         for replica in list(self.gated.values()):
             await replica.close()
         self.gated.clear()
+        self.handles.clear()
 
 
 @contextlib.asynccontextmanager
