@@ -31,12 +31,12 @@ class Tunnel:
 
     def from_client(self, data: bytes) -> None:
         exchange = self.exchange
-        exchange.last_activity = exchange.front.loop.time()
+        exchange.last_activity = exchange.front.time()
         self.bytes_up += len(data)
         self.conn.write(data)
 
     def from_upstream(self, data: bytes) -> None:
         exchange = self.exchange
-        exchange.last_activity = exchange.front.loop.time()
+        exchange.last_activity = exchange.front.time()
         self.bytes_down += len(data)
         exchange.client.write(data)

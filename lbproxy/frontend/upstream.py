@@ -246,7 +246,15 @@ class Host:
 class UpstreamPool:
     """Connections per address: idle ones reused LIFO, at most ``cap`` open, FIFO waiters."""
 
-    def __init__(self, max_idle_per_key: int = 256, idle_timeout: float = 0.0) -> None:
+    def __init__(
+        self,
+        max_idle_per_key: int = 256,
+        idle_timeout: float = 0.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        #: The event loop's clock (``loop.time``). Given once: ``asyncio.get_running_loop()``
+        #: costs a getpid() syscall on Python 3.11, and ``put`` runs once per request.
+        self._clock = clock
         self._hosts: dict[str, Host] = {}
         self._open: set[UpstreamConnection] = set()
         self._addr: dict[str, tuple[str, int] | str] = {}
@@ -372,7 +380,9 @@ class UpstreamPool:
         if len(idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time() if self.idle_timeout else 0.0
+        if self.idle_timeout:
+            clock = self._clock
+            conn.idle_since = clock() if clock is not None else asyncio.get_running_loop().time()
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
