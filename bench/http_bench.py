@@ -962,6 +962,120 @@ def top_functions(collapsed: str, n: int = 15) -> dict[str, Any]:
     }
 
 
+#: Issue 9's breakdown of the relay's time: the first rule that matches a sample's innermost
+#: lbproxy/httptools frame (scanning outwards) names its category. C frames (syscalls, llhttp)
+#: count for the Python function that called them, so llhttp's own work lands on the
+#: ``data_received`` that fed it and a ``write()`` on the function that wrote.
+BREAKDOWN: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("upstream write (the request's write() syscall)", ("UpstreamConnection.send",)),
+    (
+        "response write to the client (write() syscall)",
+        ("ClientConnection.write", "Exchange._head_answered"),
+    ),
+    (
+        "forwarded headers (X-Forwarded-*, Forwarded)",
+        ("forwarded_block", "forwarded_tail", "forwarded.py"),
+    ),
+    (
+        "routing key + ring lookup + upstream pool acquire",
+        (
+            "Exchange.begin",
+            "Exchange.try_next",
+            "Pool.pick",
+            "MaglevRing.",
+            "KeySource.",
+            "routing_key.py",
+            "UpstreamPool.acquire",
+            "UpstreamPool.take",
+            "Replica.url",
+            "ring/",
+        ),
+    ),
+    ("request head rewrite (fields to forward, our own)", ("Exchange.headers_done",)),
+    (
+        "request parsing (llhttp + its callbacks)",
+        (
+            "ClientConnection.on_",
+            "Exchange.__init__",
+            "Exchange.body_done",
+            "ClientConnection.data_received",
+        ),
+    ),
+    (
+        "exchange end: counters, latency/phase stats, connection back to the pool",
+        (
+            "Exchange._finish",
+            "ClientConnection.exchange_done",
+            "UpstreamPool.put",
+            "UpstreamConnection.release",
+            "ProxyStats.",
+            "PhaseStats.",
+            "phases.py",
+        ),
+    ),
+    (
+        "response parsing + relay (llhttp + callbacks, head rewrite)",
+        ("Exchange.on_upstream_", "UpstreamConnection.", "Exchange._send"),
+    ),
+    (
+        "background: timeout sweep, heartbeats, admin, metrics",
+        ("Frontend._sweep", "check_timeouts", "health.py", "aiohttp/", "control/", "views/"),
+    ),
+)
+#: Samples with no lbproxy frame: the event loop itself, split by its C leaf.
+LOOP_EPOLL = "event loop: epoll_wait (sleeping and waking)"
+LOOP_READ = "event loop: socket read() syscalls"
+LOOP_CATEGORY = "event loop: uvloop's C (callback dispatch, buffers), other"
+LOOP_ROWS = (LOOP_EPOLL, LOOP_READ, LOOP_CATEGORY)
+
+
+def relay_breakdown(collapsed: str) -> dict[str, Any]:
+    """Shares of the balancer's main-thread samples per BREAKDOWN category (other threads,
+    e.g. the ring worker's idle manager threads, are left out)."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [f for f in stack.split(";") if f]
+        if any("threading.py" in f for f in frames):
+            continue  # not the event loop's thread
+        count = int(count_text)
+        total += count
+        category = None
+        for frame in reversed(frames):
+            if not _is_python(frame):
+                continue
+            hit = next((c for c, keys in BREAKDOWN if any(k in frame for k in keys)), None)
+            if hit is not None:
+                category = hit
+                break
+        if category is None:
+            leaf = frames[-1].split(" (")[0]
+            if "epoll" in leaf:
+                category = LOOP_EPOLL
+            elif leaf in ("read", "recv", "recvfrom", "__libc_read"):
+                category = LOOP_READ
+            else:
+                category = LOOP_CATEGORY
+        counts[category] += count
+    return {"samples": total, "shares": {k: v / total for k, v in counts.items()} if total else {}}
+
+
+def breakdown_markdown(b: dict[str, Any], us_per_request: float | None) -> str:
+    lines = [
+        "| where | share of samples | ~µs per request |",
+        "|---|---:|---:|",
+    ]
+    order = [c for c, _ in BREAKDOWN] + list(LOOP_ROWS)
+    for cat in order:
+        share = b["shares"].get(cat, 0.0)
+        us = "-" if us_per_request is None else f"{share * us_per_request:.1f}"
+        lines.append(f"| {cat} | {share:.1%} | {us} |")
+    return "\n".join(lines)
+
+
 def profile_table(top: dict[str, Any], which: str) -> str:
     head = {"own": "own", "cumulative": "cumulative", "native_leaf": "own"}[which]
     what = "C function or syscall (leaf)" if which == "native_leaf" else "function (file:line)"
@@ -1127,6 +1241,7 @@ def profile(procs: Processes, lb: Target, cfg: Settings, out_dir: Path) -> dict[
     if not raw.exists():
         return None
     top = top_functions(raw.read_text())
+    relay = relay_breakdown(raw.read_text())
     busy = top["samples"] / (secs * PROFILE_HZ)
     cpu_line = ""
     if window:
@@ -1155,6 +1270,18 @@ def profile(procs: Processes, lb: Target, cfg: Settings, out_dir: Path) -> dict[
         + profile_table(top, "cumulative")
         + "\n"
     )
+    us_per_request = None
+    if window and rps:
+        us_per_request = (window["user_s"] + window["sys_s"]) / (rps * window["wall_s"]) * 1e6
+    md += (
+        f"\nWhere the relay's time goes (issue 9), {relay['samples']} samples of the event "
+        "loop's thread, each put in the first category that matches its innermost lbproxy "
+        "frame; µs per request = share x the balancer's CPU per request in the window "
+        f"({fmt(us_per_request, '{:.1f}')} µs: /proc CPU over wrk's mean req/s). Syscalls "
+        "count where they were made, so the two write() rows hold most of the kernel time:\n\n"
+        + breakdown_markdown(relay, us_per_request)
+        + "\n"
+    )
     if top["native_leaf"]:
         md += (
             "\nWhere the CPU is at the leaf (C functions and syscalls):\n\n"
@@ -1173,6 +1300,8 @@ def profile(procs: Processes, lb: Target, cfg: Settings, out_dir: Path) -> dict[
         "perf": perf,
         "on_cpu": busy,
         "top": top,
+        "relay_breakdown": relay,
+        "us_per_request": us_per_request,
         "markdown": md,
     }
 
