@@ -487,8 +487,10 @@ class Exchange:
 
     def body_done(self) -> None:
         self.complete = True
-        if self.sent:
-            self.last_activity = self.front.time()  # the replica's turn starts now
+        if self.sent and (self.body_len or self.chunked_in):
+            # The replica's turn starts now. (A request without a body completes in the same
+            # read as its head, so the time begin() took still stands.)
+            self.last_activity = self.front.time()
         if self.chunked_in:
             tail = b"0\r\n\r\n"
             if self.replayable:
