@@ -16,16 +16,25 @@ kernel and loop share comes from ``http_bench.py --profile``.
 
 Each tree runs in its own interpreter with PYTHONPATH pointing at it; the figure is the
 best of 5 passes of ``N`` requests (BENCH_MICRO_N, default 100,000) of process CPU time.
+
+``--profile``: also run each tree's drive under py-spy (1 kHz) and split the relay's
+Python-side time into http_bench.py's categories (parsing, head rewrite, forwarded fields,
+routing, response relay, the exchange's end...). With no syscalls in the drive, py-spy's
+wall-clock samples are CPU samples, so these shares carry none of the bias that syscalls
+give a profile of the real balancer.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
 
 #: Run inside the tree's interpreter: prints "RESULT <best µs per request>".
 DRIVER = r"""
@@ -118,11 +127,11 @@ uvloop.run(main()) if hasattr(uvloop, "run") else asyncio.run(main())
 """
 
 
-def measure(tree: Path) -> float:
+def measure(tree: Path, prefix: list[str] | None = None) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LBPROXY_")}
     env["PYTHONPATH"] = str(tree)
     out = subprocess.run(
-        [sys.executable, "-c", DRIVER],
+        [*(prefix or []), sys.executable, "-c", DRIVER],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -136,13 +145,33 @@ def measure(tree: Path) -> float:
     raise RuntimeError(f"{tree}: the driver failed:\n{out.stdout}{out.stderr}")
 
 
+def breakdown(tree: Path, us: float) -> str:
+    """The drive of ``tree`` under py-spy: http_bench.py's categories, as µs per request."""
+    from http_bench import breakdown_markdown, relay_breakdown
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with tempfile.TemporaryDirectory(prefix="relay-micro-") as tmp:
+        raw = Path(tmp) / "stacks.txt"
+        prefix = [spy, "record", "-r", "1000", "--function", "--format", "raw", "-o", str(raw)]
+        measure(tree, [*prefix, "--"])
+        # Only the timed drive (the function ``run``), not the setup (ring build, imports).
+        lines = [ln for ln in raw.read_text().splitlines() if ";main.<locals>.run (<string>" in ln]
+    table = breakdown_markdown(relay_breakdown("\n".join(lines)), us)
+    # Here no event loop runs: what is left outside the relay is this drive's own loop.
+    return table.replace("event loop: uvloop's C (callback dispatch, buffers), other", "the drive")
+
+
 def main() -> int:
-    trees = [Path(a).resolve() for a in sys.argv[1:]] or [ROOT]
+    args = sys.argv[1:]
+    profile = "--profile" in args
+    trees = [Path(a).resolve() for a in args if a != "--profile"] or [ROOT]
     results = []
     for tree in trees:
         us = measure(tree)
         results.append((tree, us))
         print(f"{tree}: {us:.2f} µs of CPU per request (Python side, fake transports)")
+        if profile:
+            print(breakdown(tree, us))
     if len(results) > 1:
         base = results[0][1]
         for tree, us in results[1:]:
