@@ -81,6 +81,29 @@ async def test_load_scales_the_pool_up_and_back_down_without_a_failure(
     assert lb.balancer.autoscaler.failed_changes == 0
 
 
+@pytest.mark.lbconfig(replicas=1, autoscale=dataclasses.replace(FAST, tick=60.0))
+async def test_a_load_step_is_decided_at_the_sample_and_added_in_one_change(
+    lb: BalancerUnderTest,
+) -> None:
+    """A step that starts a panic is decided when a sample sees it, not at the next tick
+    (60 s here, never reached), and each decision's replicas come in one /add, one ring
+    build: batches of 1, 2, 4, ... paid a start and a build each (A-5: 10 ready 7.2 s after
+    the step, against tick + start = 1.27 s)."""
+    pool = lb.balancer.pool
+    stop = asyncio.Event()
+    running = asyncio.create_task(load(lb, 8, 0.05, stop))
+    await wait_for(lambda: len(pool) == 4 and ready(lb) == 4, timeout=20)
+    stop.set()
+    assert set(await running) == {200}
+    events = autoscale_events(lb)
+    ups = [i for i, d in enumerate(events) if d.startswith("scaled up")]
+    assert ups, events
+    for i in ups:
+        decided = [d for d in events[:i] if d.startswith("desired=")][-1]
+        desired = decided.split()[0]
+        assert f"actual={desired.split('=')[1]} " in events[i] + " ", events
+
+
 @pytest.mark.lbconfig(replicas=3, stop_timeout=5.0, autoscale=FAST)
 async def test_scale_down_drains_in_flight_requests(lb: BalancerUnderTest) -> None:
     """A replica the autoscaler removes finishes what it serves, as /rm does."""

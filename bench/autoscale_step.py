@@ -1,0 +1,83 @@
+"""Time to serving after a load step (issue 12): when each new replica was decided,
+launched, up, and on the ring.
+
+One autoscaled balancer (``--autoscale 1:10 --target-concurrency 3``, A-5's replicas:
+100 ms per request, 4 at once) gets 20 req/s for 5 s, then 120 req/s for 15 s (open loop,
+``run_load(schedule=...)``). Printed: every event from a second before the step, with its
+time after the step, then the ring size and the UP count from ``/lbproxy/metrics`` every
+0.1 s. The figure is the first ``scaled up`` (the new replicas on the ring) and the time
+``ring=10``; the target is tick + one replica's start.
+
+    flock /tmp/lbproxy-heavy.lock .venv/bin/python bench/autoscale_step.py   # ~30 s
+
+Only 127.0.0.1 is contacted; the balancer is stopped on any exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+
+import aiohttp
+
+from lbproxy_tools.analysis.autoscale import TARGET, _balancer
+from lbproxy_tools.loadtest import make_ids, run_load, schedule_of
+
+STEP = 5.0
+PROFILE = ((0.0, STEP, 20.0, 20.0), (STEP, STEP + 15.0, 120.0, 120.0))
+GAUGES = ("lbproxy_ring_size", 'lbproxy_replicas{state="up"}', "lbproxy_pool_target")
+
+
+async def main(extra: list[str]) -> None:
+    times = schedule_of(PROFILE)
+    samples: list[tuple[float, tuple[float, ...]]] = []
+    done = asyncio.Event()
+    with _balancer(1, "--autoscale", "1:10", "--target-concurrency", str(TARGET), *extra) as url:
+        async with aiohttp.ClientSession() as session:
+
+            async def sampler() -> None:
+                while not done.is_set():
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with session.get(url + "/lbproxy/metrics") as r:
+                            text = await r.text()
+                        values = dict.fromkeys(GAUGES, 0.0)
+                        for line in text.splitlines():
+                            name, _, value = line.rpartition(" ")
+                            if name in values:
+                                values[name] = float(value)
+                        samples.append((time.time(), tuple(values.values())))
+                    await asyncio.sleep(0.1)
+
+            sampling = asyncio.create_task(sampler())
+            result = await run_load(
+                url,
+                requests=len(times),
+                concurrency=2500,
+                ids=make_ids("sequential", len(times)),
+                timeout=10.0,
+                schedule=times,
+                record=True,
+            )
+            done.set()
+            await sampling
+            async with session.get(url + "/lbproxy/events") as r:
+                events = (await r.json())["message"]
+    step = result.started_at + STEP
+    failed = sum(1 for s in result.samples if s.outcome != "ok")
+    print(f"failed {failed} of {len(times)}")
+    for e in events:
+        if e["time"] >= step - 1 and e["kind"] != "first_response":
+            when = e["time"] - step
+            print(f"{when:7.2f} {e['kind']:10s} {e['replica'] or ''} {e['detail'][:100]}")
+    last: tuple[float, ...] | None = None
+    for wall, values in samples:
+        if values != last and wall >= step - 0.5:
+            ring, up, target = values
+            print(f"{wall - step:7.2f} ring={ring:g} up={up:g} target={target:g}")
+        last = values
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
