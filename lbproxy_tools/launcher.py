@@ -234,7 +234,7 @@ class ComposeStack:
         if all_states:
             args.append("-a")
         out = subprocess.run(
-            [*args, "--format", "{{.Names}} {{.ID}}"],
+            [*args, "--format", '{{.Label "lbproxy.replica"}} {{.ID}}'],
             capture_output=True,
             text=True,
             check=True,

@@ -4,6 +4,8 @@
 #   2. wheels/ (host-built wheels, so image builds need no package index; also the
 #      lbproxy-tools wheel, which no image installs: see scripts/build-wheels.sh),
 #   3. lbproxy-server:latest (Dockerfile.server) and lbproxy-lb:latest (Dockerfile.lb),
+#   4. lbproxy-socket-proxy:latest (socket-proxy/Dockerfile: HAProxy from .deb files the
+#      host's apt downloads, so the build needs no package index either),
 # with the classic builder (`docker build`), timing each step, then the image sizes.
 # Idempotent: a second run reuses the base image, the wheels and Docker's layer cache.
 #
@@ -72,6 +74,13 @@ step "image lbproxy-server:latest (Dockerfile.server, PIP_OPTS='${PIP_OPTS}')" \
     build_image Dockerfile.server lbproxy-server:latest
 step "image lbproxy-lb:latest (Dockerfile.lb, PIP_OPTS='${PIP_OPTS}')" \
     build_image Dockerfile.lb lbproxy-lb:latest
+build_socket_proxy() {
+    bash socket-proxy/fetch-debs.sh "$BASE_IMAGE" \
+    && docker build --force-rm -t lbproxy-socket-proxy:latest \
+           --build-arg "BASE_IMAGE=${BASE_IMAGE}" socket-proxy >"${LOG_DIR}/socket-proxy.log" 2>&1 \
+    || { tail -n 30 "${LOG_DIR}/socket-proxy.log" >&2; return 1; }
+}
+step "image lbproxy-socket-proxy:latest (socket-proxy/Dockerfile)" build_socket_proxy
 
 # Images (and build stages) that a rebuild has replaced: dangling and labelled as ours.
 # Images still used by a container (e.g. a running replica) are kept by the engine.
@@ -90,7 +99,9 @@ import importlib.util, sys
 found = [m for m in ("lbproxy_tools", "matplotlib", "tqdm", "jinja2") if importlib.util.find_spec(m)]
 sys.exit(f"tooling in the balancer image: {found}" if found else 0)' \
     || die "lbproxy-lb:latest carries tooling"
+docker run --rm --entrypoint haproxy lbproxy-socket-proxy:latest -v >/dev/null \
+    || die "lbproxy-socket-proxy:latest cannot run haproxy"
 
 log "all images ready in $(elapsed "$TOTAL_START")"
 docker image ls --format 'table {{.Repository}}:{{.Tag}}\t{{.ID}}\t{{.Size}}' \
-    | awk -v base="$BASE_IMAGE" 'NR == 1 || $1 == base || $1 ~ /^lbproxy-(server|lb):latest$/'
+    | awk -v base="$BASE_IMAGE" 'NR == 1 || $1 == base || $1 ~ /^lbproxy-(server|lb|socket-proxy):latest$/'

@@ -155,19 +155,11 @@ async def test_add_and_rm_create_and_remove_real_containers(stack: ComposeStack)
         names = body["message"]["replicas"]
         assert "e2e-s5" not in names and len(names) == 4
         assert sorted((await _rep(s, stack.url))["message"]["replicas"]) == sorted(stack.replicas())  # type: ignore[index]
-        # an engine-side failure is a clean JSON error and leaves nothing behind
-        sh(
-            "docker",
-            "run",
-            "-d",
-            "--name",
-            "e2e-stranger",
-            "--network",
-            "none",
-            "python:3.11-slim",
-            "sleep",
-            "60",
-        )
+        # an engine-side failure is a clean JSON error and leaves nothing behind: a
+        # stranger's container holds the name the replica's container would get
+        stranger = f"{stack.pool}_e2e-stranger"
+        sh("docker", "run", "-d", "--name", stranger, "--network", "none",
+           "python:3.11-slim", "sleep", "60")  # fmt: skip
         try:
             async with s.post(
                 stack.url + "/add", json={"n": 1, "hostnames": ["e2e-stranger"]}
@@ -176,8 +168,24 @@ async def test_add_and_rm_create_and_remove_real_containers(stack: ComposeStack)
                 err = await r.json()
             assert err["status"] == "failure" and "e2e-stranger" in err["message"]
         finally:
-            sh("docker", "rm", "-f", "e2e-stranger", check=False)
+            sh("docker", "rm", "-f", stranger, check=False)
         assert sorted((await _rep(s, stack.url))["message"]["replicas"]) == sorted(stack.replicas())  # type: ignore[index]
+
+
+def test_only_the_socket_proxy_holds_the_socket(stack: ComposeStack) -> None:
+    """The balancer mounts no Docker socket; through the proxy, forbidden calls get 403."""
+    lb_info = json.loads(sh("docker", "inspect", stack.lb_container()))[0]
+    assert not any("docker.sock" in m["Source"] for m in lb_info["Mounts"]), lb_info["Mounts"]
+    proxy = stack.run("ps", "-q", "socket-proxy").strip()
+    proxy_info = json.loads(sh("docker", "inspect", proxy))[0]
+    assert [m["Source"] for m in proxy_info["Mounts"]] == ["/var/run/docker.sock"]
+    probe = (ROOT / "socket-proxy" / "probe.py").read_text()
+    # the proxy's own container is not the pool's: the balancer may not stop it
+    answers = json.loads(stack.run("exec", "-T", "lb", "python", "-c", probe, proxy))
+    print(f"\nthrough the socket proxy: {answers}")
+    assert answers.pop("list containers") == 200
+    assert set(answers.values()) == {403}, answers
+    assert stack.run("ps", "-q", "socket-proxy").strip() == proxy
 
 
 async def test_balancer_crash_restart_adopts_the_same_replicas(stack: ComposeStack) -> None:

@@ -1,9 +1,11 @@
 """The Docker socket proxy (socket-proxy/haproxy.cfg) lets the balancer's calls through only.
 
-Runs Debian's HAProxy with the repository's configuration in front of the real Docker socket
-(on 127.0.0.1) and sends it what the balancer sends (accepted) and what it must never be
-able to (refused with 403): privileged or host-mounting containers, unlabelled ones, exec,
-volumes, the swarm itself. Needs `docker info` and `haproxy` on the host.
+Runs the socket-proxy image (scripts/ensure-images.sh builds it; else the host's Debian
+HAProxy with the same configuration) in front of the real Docker socket, on 127.0.0.1, and
+sends it what the balancer sends (accepted) and what it must never be able to (refused
+with 403): privileged or host-mounting containers, unlabelled ones, containers named outside
+the pool, starting, stopping or removing anyone else's container (or its own by ID), exec,
+volumes, the swarm itself. Needs `docker info`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,43 +26,92 @@ from lbproxy_tools.launcher import docker_engine_answers, free_loopback_port
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parent.parent
-NAME = "lbproxy-socket-proxy-test"
-POOL = {"lbproxy.control.pool": "socket-proxy-test", "lbproxy.role": "replica"}
+IMAGE = "lbproxy-socket-proxy:latest"
+POOL_NAME = "socket-proxy-test"
+NAME = f"{POOL_NAME}_c1"  # the pool's prefix: the only names the proxy lets it change
+FOREIGN = "lbproxy-socket-proxy-foreign"
+POOL = {"lbproxy.control.pool": POOL_NAME, "lbproxy.role": "replica"}
 
 if not docker_engine_answers():
     pytest.skip("no Docker engine answers `docker info`", allow_module_level=True)
-if shutil.which("haproxy") is None:
-    pytest.skip("HAProxy is not installed (apt-get install haproxy)", allow_module_level=True)
+
+
+def _image_present() -> bool:
+    probe = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def _wait_listening(port: int, alive: Any) -> None:
+    """Until /_ping answers through the proxy (a published port accepts before it listens)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_ping", timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        assert alive(), "the socket proxy exited"
+        assert time.monotonic() < deadline, "the socket proxy did not answer /_ping"
+        time.sleep(0.05)
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
 
 
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[str]:
     port = free_loopback_port()
-    haproxy = shutil.which("haproxy")
-    assert haproxy is not None
-    proc = subprocess.Popen(
-        [haproxy, "-db", "-f", str(ROOT / "socket-proxy" / "haproxy.cfg")],
-        env={"PROXY_BIND": f"127.0.0.1:{port}", "DOCKER_SOCKET": "/var/run/docker.sock"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    # A stranger's container: the balancer must not be able to stop or remove it.
+    _docker("rm", "-f", FOREIGN)
+    made = _docker(
+        "run", "-d", "--name", FOREIGN, "--network", "none", "python:3.11-slim", "sleep", "300"
     )
+    assert made.returncode == 0, made.stderr
+    container = ""
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        import socket
+        if _image_present():
+            run = _docker(
+                "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:2375",
+                "-v", "/var/run/docker.sock:/var/run/docker.sock",
+                "-e", f"LBPROXY_POOL={POOL_NAME}", IMAGE,
+            )  # fmt: skip
+            assert run.returncode == 0, run.stderr
+            container = run.stdout.strip()
 
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, f"HAProxy exited with {proc.returncode}"
-                assert time.monotonic() < deadline, "HAProxy did not listen"
-                time.sleep(0.05)
+            def alive() -> bool:
+                state = _docker("inspect", "-f", "{{.State.Running}}", container).stdout
+                return state.strip() == "true"
+        else:
+            haproxy = shutil.which("haproxy")
+            if haproxy is None:
+                pytest.fail(f"neither {IMAGE} (scripts/ensure-images.sh) nor haproxy exists")
+            proc = subprocess.Popen(
+                [haproxy, "-db", "-f", str(ROOT / "socket-proxy" / "haproxy.cfg")],
+                env={
+                    "PROXY_BIND": f"127.0.0.1:{port}",
+                    "DOCKER_SOCKET": "/var/run/docker.sock",
+                    "LBPROXY_POOL": POOL_NAME,
+                },
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            running = proc
+
+            def alive() -> bool:
+                return running.poll() is None
+
+        _wait_listening(port, alive)
         yield f"http://127.0.0.1:{port}/v1.41"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        subprocess.run(["docker", "rm", "-f", NAME], capture_output=True, check=False)
+        if container:
+            _docker("rm", "-f", container)
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=10)
+        _docker("rm", "-f", NAME, FOREIGN)
 
 
 @pytest.fixture
@@ -94,6 +146,35 @@ async def test_the_balancers_calls_pass(api: Any) -> None:
     assert await api("DELETE", f"/containers/{NAME}?force=true") == 204
 
 
+async def test_only_the_pools_containers_can_be_changed(api: Any) -> None:
+    foreign_id = _docker("inspect", "-f", "{{.Id}}", FOREIGN).stdout.strip()
+    assert await api("GET", f"/containers/{FOREIGN}/json") == 200  # reading is fine
+    for path in (FOREIGN, foreign_id, foreign_id[:12]):
+        assert await api("POST", f"/containers/{path}/stop?t=0") == 403
+        assert await api("POST", f"/containers/{path}/kill") == 403
+        assert await api("DELETE", f"/containers/{path}?force=true") == 403
+    assert _docker("inspect", "-f", "{{.State.Running}}", FOREIGN).stdout.strip() == "true"
+    # a labelled, harmless container is still refused under a name outside the pool...
+    assert await api("POST", f"/containers/create?name={FOREIGN}-2", _container()) == 403
+    assert await api("POST", "/containers/create", _container()) == 403  # (no name at all)
+    # ...and even the pool's own container may be changed by name only, not by ID
+    assert await api("POST", f"/containers/create?name={NAME}", _container()) == 201
+    own_id = _docker("inspect", "-f", "{{.Id}}", NAME).stdout.strip()
+    assert await api("POST", f"/containers/{own_id}/start") == 403
+    assert await api("DELETE", f"/containers/{own_id}?force=true") == 403
+    assert await api("DELETE", f"/containers/{NAME}?force=true") == 204
+
+
+async def test_services_and_configs_only_by_the_pools_names(api: Any) -> None:
+    for method, path in (
+        ("POST", "/services/someone-else/update?version=1"),
+        ("DELETE", "/services/someone-else"),
+        ("DELETE", "/configs/someone-else"),
+        ("DELETE", f"/configs/{POOL_NAME}-other"),
+    ):
+        assert await api(method, path, {"Labels": dict(POOL)}) == 403, (method, path)
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -119,7 +200,7 @@ async def test_the_balancers_calls_pass(api: Any) -> None:
         "empty-pool-label",
     ],
 )
-async def test_dangerous_or_foreign_creation_is_refused(api: Any, body: dict[str, Any]) -> None:
+async def test_dangerous_or_unlabelled_creation_is_refused(api: Any, body: dict[str, Any]) -> None:
     assert await api("POST", f"/containers/create?name={NAME}", body) == 403
     assert await api("GET", f"/containers/{NAME}/json") == 404  # nothing was made
 

@@ -1,8 +1,12 @@
 """Replicas as Docker containers, driven through the Engine API with aiodocker.
 
-The only module that imports aiodocker. Every container it creates carries labels
-(pool, role, replica name, ring id) so the balancer can always tell its own containers
-from anything else on the host, adopt them after a restart and clean up after a crash.
+With swarm.py, one of the two modules that import aiodocker (both under ``backends/``).
+Every container it creates carries labels (pool, role, replica name, ring id) so the
+balancer can always tell its own containers from anything else on the host, adopt them
+after a restart and clean up after a crash. A replica's container is named
+``<pool>_<hostname>`` and is started, stopped and removed **by that name**: the socket
+proxy (socket-proxy/haproxy.cfg) sees names in paths, not labels, so it lets the balancer
+change only containers whose name carries the pool's prefix.
 Deaths arrive from the engine's event stream, so a killed container is replaced at once;
 the heartbeat monitor stays as the second line (a hung container still runs).
 """
@@ -15,11 +19,10 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import aiodocker
-import aiohttp
 
 from lbproxy.backends.base import (
     RESYNC,
@@ -31,6 +34,9 @@ from lbproxy.backends.base import (
     validate_hostname,
 )
 from lbproxy.backends.command import container_command, replica_env
+from lbproxy.backends.engine import ENGINE_ERRORS as _ENGINE_ERRORS
+from lbproxy.backends.engine import EngineBackend
+from lbproxy.backends.engine import engine_error as _engine_error
 from lbproxy.config import Config, DockerConfig
 from lbproxy.errors import BackendError, Conflict, LbproxyError
 
@@ -45,44 +51,34 @@ LABEL_RING_ID = "lbproxy.ring-id"
 LABEL_LAUNCH = "lbproxy.launch"
 ROLE_REPLICA = "replica"
 
-_EVENT_RETRY = 1.0
-
-
-def _engine_error(action: str, exc: Exception) -> LbproxyError:
-    """An engine failure as an error a caller can act on (the admin API shows it)."""
-    if isinstance(exc, aiodocker.DockerError):
-        if exc.status == 409:
-            return Conflict(f"{action}: {exc.message}")
-        return BackendError(f"{action}: Docker engine said {exc.status}: {exc.message}")
-    return BackendError(f"{action}: Docker engine unreachable ({exc})", status=503)
-
-
-_ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError)
-
 T = TypeVar("T")
 
 
-class DockerBackend:
+class DockerBackend(EngineBackend):
     """Creates, watches and removes this pool's replica containers."""
 
+    kind = "Docker"
+
     def __init__(self, config: Config) -> None:
-        self._config = config
+        super().__init__(config)
         self._docker_config = config.docker
-        # Container names are global on an engine: prefixing generated names with the pool
-        # keeps two pools (a test pool beside a user's) from colliding.
+        # Generated hostnames carry the pool too (container names carry it anyway).
         self.default_prefix = f"{config.docker.pool}-"
-        self._docker: aiodocker.Docker | None = None
-        self._events_task: asyncio.Task[None] | None = None
-        self._on_death: DeathCallback | None = None
         self._undoing: set[asyncio.Task[None]] = set()
 
     # -- helpers -------------------------------------------------------------------------
 
-    @property
-    def docker(self) -> aiodocker.Docker:
-        if self._docker is None:
-            raise BackendError("the Docker backend is not open", status=503)
-        return self._docker
+    def container_name(self, name: str) -> str:
+        """The container of replica ``name``: ``<pool>_<name>``.
+
+        Container names are global on an engine, so the pool's prefix keeps two pools (a
+        test pool beside a user's) from colliding, and it is what the socket proxy checks.
+        """
+        return f"{self._docker_config.pool}_{name}"
+
+    def _by_name(self, name: str) -> aiodocker.containers.DockerContainer:
+        """Replica ``name``'s container, addressed by its name (what the proxy allows)."""
+        return self.docker.containers.container(self.container_name(name))
 
     def _labels(self, name: str, ring_id: int, token: str) -> dict[str, str]:
         return {
@@ -122,33 +118,18 @@ class DockerBackend:
         return validate_hostname(name)
 
     async def open(self, on_death: DeathCallback) -> None:
-        self._on_death = on_death
-        try:
-            self._docker = aiodocker.Docker(url=self._docker_config.docker_url)
-            await self._docker.version()
-        except _ENGINE_ERRORS as exc:
-            await self.close()
-            raise _engine_error("connecting to the Docker engine", exc) from exc
-        except ValueError as exc:  # aiodocker: no socket found and no DOCKER_HOST
-            await self.close()
-            raise BackendError(f"no Docker engine to talk to: {exc}", status=503) from exc
+        await self.connect(on_death)
         await self._ensure_network()
         await self._ensure_image()
-        self._events_task = asyncio.create_task(self._watch_events(), name="docker-events")
+        self.follow_events(
+            {"type": ["container"], "event": ["die"], "label": self._pool_filter()},
+            name="docker-events",
+        )
 
     async def close(self) -> None:
         if self._docker is not None:
             await settle(self._undoing)  # cancelled launches still being removed
-        if self._events_task is not None:
-            self._events_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events_task
-            self._events_task = None
-        if self._docker is not None:
-            with contextlib.suppress(Exception):
-                await self._docker.events.stop()  # type: ignore[no-untyped-call]
-            await self._docker.close()
-            self._docker = None
+        await super().close()
 
     async def _ensure_network(self) -> None:
         name = self._docker_config.network
@@ -208,7 +189,10 @@ class DockerBackend:
                     handles.append(handle)
                     log.info("adopted replica %r (%s)", handle.name, handle.backend_id[:12])
                 else:
-                    await container.delete(force=True)
+                    # by name: the socket proxy refuses changes addressed by ID
+                    await self.docker.containers.container(info["Name"].lstrip("/")).delete(
+                        force=True
+                    )
                     log.info("removed dead replica container %s", info["Name"])
             except (*_ENGINE_ERRORS, BackendError) as exc:
                 log.warning("skipping container %s during adoption: %s", container.id[:12], exc)
@@ -252,8 +236,9 @@ class DockerBackend:
 
     async def _remove_stale(self, name: str) -> None:
         """Free ``name`` if a dead container of ours holds it; refuse if a stranger does."""
+        cname = self.container_name(name)
         try:
-            info = await self.docker.containers.get(name)
+            info = await self.docker.containers.get(cname)
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return
@@ -261,10 +246,10 @@ class DockerBackend:
         labels = info["Config"]["Labels"] or {}
         if labels.get(LABEL_POOL) != self._docker_config.pool:
             raise Conflict(
-                f"a container named {name!r} already exists and does not belong to pool "
+                f"a container named {cname!r} already exists and does not belong to pool "
                 f"{self._docker_config.pool!r}; choose another hostname"
             )
-        await info.delete(force=True)
+        await self._by_name(name).delete(force=True)
 
     async def _engine(self, step: str, call: Awaitable[T]) -> T:
         """Every engine call of a launch passes here, named by ``step``.
@@ -287,12 +272,14 @@ class DockerBackend:
         container = None
         try:
             await self._engine("remove_stale", self._remove_stale(name))
-            container = await self._engine(
+            await self._engine(
                 "create",
                 self.docker.containers.create(
-                    self._container_config(name, ring_id, token), name=name
+                    self._container_config(name, ring_id, token),
+                    name=self.container_name(name),
                 ),
             )
+            container = self._by_name(name)
             await self._engine("start", container.start())
             handle = self._handle_from(await self._engine("show", container.show()))
         except BaseException as exc:
@@ -309,11 +296,11 @@ class DockerBackend:
         with contextlib.suppress(*_ENGINE_ERRORS):
             if container is None:
                 # The create call may have failed on our side after the engine made it.
-                found = await self.docker.containers.get(name)
+                found = await self.docker.containers.get(self.container_name(name))
                 labels = found["Config"]["Labels"] or {}
                 if labels.get(LABEL_LAUNCH) != token:
                     return
-                container = found
+                container = self._by_name(name)
             await container.delete(force=True)
 
     async def _undo(self, task: asyncio.Task[ReplicaHandle], name: str, token: str) -> None:
@@ -327,7 +314,25 @@ class DockerBackend:
         log.info("removed container %r of a cancelled launch", name)
 
     async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
-        container = self.docker.containers.container(handle.backend_id)
+        """Stop and remove the incarnation ``handle`` names, addressed by container name.
+
+        The ID is looked up first (a read): the name may already belong to a newer
+        incarnation, which must not be stopped in the old one's place.
+        """
+        try:
+            info = await self.docker.containers.get(handle.backend_id)
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return  # gone already
+            raise _engine_error(f"removing replica container {handle.name!r}", exc) from exc
+        except _ENGINE_ERRORS as exc:
+            raise _engine_error(f"removing replica container {handle.name!r}", exc) from exc
+        name = str(info["Name"]).lstrip("/")
+        # A container an older lbproxy named after the bare hostname: by ID (which works
+        # on a plain socket; the proxy refuses it).
+        container = self.docker.containers.container(
+            name if name == self.container_name(handle.name) else handle.backend_id
+        )
         try:
             if timeout > 0:  # else a fast stop: force-remove kills at once
                 with contextlib.suppress(aiodocker.DockerError):
@@ -367,32 +372,12 @@ class DockerBackend:
 
     # -- death events ------------------------------------------------------------------------
 
-    async def _watch_events(self) -> None:
-        """Follow the engine's `die` events for this pool; resubscribe if the stream drops."""
-        filters = json.dumps(
-            {"type": ["container"], "event": ["die"], "label": self._pool_filter()}
-        )
-        while True:
-            subscriber = self.docker.events.subscribe(filters=filters)  # type: ignore[no-untyped-call]
-            # Deaths while no stream was open (before this one, or in the gap after a
-            # dropped one) were never reported: the reconciler lists what runs instead.
-            if self._on_death is not None:
-                self._on_death(BackendEvent("", "", "Docker event stream (re)opened", RESYNC))
-            try:
-                while True:
-                    event = await subscriber.get()
-                    if event is None:
-                        break  # stream ended (engine restarted?): resubscribe
-                    self._dispatch(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("Docker event stream failed; resubscribing")
-            with contextlib.suppress(Exception):
-                await self.docker.events.stop()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(_EVENT_RETRY)
+    def on_resync(self) -> None:
+        if self._on_death is not None:
+            self._on_death(BackendEvent("", "", "Docker event stream (re)opened", RESYNC))
 
-    def _dispatch(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: Mapping[str, Any]) -> None:
+        """A ``die`` event of one of this pool's containers."""
         actor = event.get("Actor") or {}
         attributes = actor.get("Attributes") or {}
         container_id = actor.get("ID") or event.get("id", "")
