@@ -181,7 +181,10 @@ class _UpstreamConn(asyncio.Protocol):
             return self.server.early[name], True
         if name in self.server.scripts:
             return self.server.scripts[name], False
-        return [answer(404, b"not here", reason="Not Found")], False
+        missing = answer(404, b"not here", reason="Not Found")
+        if seen.method == b"HEAD":  # a well-behaved replica: the head only (RFC 9110 9.3.2)
+            missing = missing.removesuffix(b"not here")
+        return [missing], False
 
     async def run(self) -> None:
         while True:

@@ -211,6 +211,33 @@ async def test_head_answers_have_no_body_and_keep_step(target: Target, head: byt
         nxt = await c.request(get("/ok", "a2"))
         assert nxt.status == 200 and nxt.tag == b"a2"
         await r.next_client_is_served()
+        # RFC 9110 9.3.2, RFC 9112 6.3: the answer ended at its head; the upstream
+        # connection is as reusable as after any other answer (HAProxy reuses it)
+        assert r.upstream.data_connections() == 1, "the HEAD answer's connection was closed"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"stale",  # a body sent to a HEAD (its Content-Length: 5)
+        b"stale" + answer(200, b"stale").replace(b"{tag}", b"stale"),
+    ],
+    ids=["body", "body-and-answer"],
+)
+async def test_bytes_after_a_head_answer_never_reach_the_next_client(
+    target: Target, extra: bytes
+) -> None:
+    """The connection a HEAD answer leaves reusable must not carry what a broken replica
+    sent after it (a body to a HEAD) to the next client."""
+    head = b"HTTP/1.1 200 OK\r\nX-Answer: {tag}\r\nContent-Length: 5\r\n\r\n"
+    async with target.rig({"head": [head + extra]}) as r:
+        c = await r.client()
+        resp = await c.request(get("/s/head", "a", method="HEAD"), method=b"HEAD")
+        assert resp.status == 200 and resp.tag == b"a"
+        nxt = await c.request(get("/ok", "a2"))
+        assert nxt.status == 200 and nxt.tag == b"a2" and nxt.body == b"ok"
+        for i in range(3):
+            await r.next_client_is_served(f"next{i}")
 
 
 async def test_head_on_a_missing_path_is_answered_at_once(target: Target) -> None:
@@ -220,6 +247,7 @@ async def test_head_on_a_missing_path_is_answered_at_once(target: Target) -> Non
         assert resp.status == 400  # SPEC: the replicas' 404 becomes the balancer's 400
         nxt = await c.request(get("/ok", "a2"))
         assert nxt.status == 200 and nxt.tag == b"a2"
+        assert r.upstream.data_connections() == 1, "the HEAD answer's connection was closed"
 
 
 # -- high: h2c offers are ignored (RFC 9110 7.8, RFC 9113 3.1) ---------------------------------

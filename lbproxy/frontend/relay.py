@@ -32,7 +32,7 @@ import httptools
 from lbproxy.config import ProxyConfig
 from lbproxy.control.pool import Incarnation, Pool, Replica, ReplicaState
 from lbproxy.errors import EmptyRingError, failure_body
-from lbproxy.frontend import forwarded, framing
+from lbproxy.frontend import after_head, forwarded, framing
 from lbproxy.frontend.framing import Out
 from lbproxy.frontend.phases import (
     LOOP_LAG,
@@ -909,13 +909,17 @@ class Exchange:
         self._finish(reusable=False)
 
     def _head_answered(self, conn: UpstreamConnection) -> None:
-        """The answer to HEAD is complete at its head: llhttp cannot be told that it has no
-        body (it would wait for the Content-Length bytes), so the connection is dropped."""
+        """The answer to HEAD is complete at its head (RFC 9112 6.3); llhttp cannot be told
+        that it has no body, so after_head gives the connection a fresh parser and pools it
+        once this read is over."""
         if self.swallow:
             self._swallowed_answer()
         self.on_upstream_data_done()
-        conn.abort()
         self.conn = None
+        if self.complete and after_head.keep_alive(conn, self.resp_conn_tokens):
+            after_head.release(conn, self.front.loop)
+        else:
+            conn.abort()
         self._finish(reusable=False)
 
     def _swallowed_answer(self) -> None:
