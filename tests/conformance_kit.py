@@ -270,6 +270,7 @@ class ScriptedBackend:
         self.scripts: dict[str, Script] = {}
         self.early: dict[str, Script] = {}
         self.upstreams: dict[str, ScriptedUpstream] = {}
+        self.handles: dict[str, ReplicaHandle] = {}
         self._ids = itertools.count(1)
         self._validator = ProcessBackend(Config())
 
@@ -283,6 +284,7 @@ class ScriptedBackend:
         for upstream in list(self.upstreams.values()):
             await upstream.stop()
         self.upstreams.clear()
+        self.handles.clear()
 
     async def adopt(self) -> list[ReplicaHandle]:
         return []
@@ -292,15 +294,19 @@ class ScriptedBackend:
         await upstream.start()
         backend_id = f"s{next(self._ids)}"
         self.upstreams[backend_id] = upstream
-        return ReplicaHandle(name, f"http://127.0.0.1:{upstream.port}", backend_id, ring_id)
+        handle = ReplicaHandle(name, f"http://127.0.0.1:{upstream.port}", backend_id, ring_id)
+        self.handles[backend_id] = handle
+        return handle
 
     async def stop(self, handle: ReplicaHandle, *, timeout: float) -> None:
         upstream = self.upstreams.pop(handle.backend_id, None)
+        self.handles.pop(handle.backend_id, None)
         if upstream is not None:
             await upstream.stop()
 
     async def list(self) -> list[ReplicaHandle]:
-        return []
+        """The running upstreams: the balancer's resync replaces a replica it does not list."""
+        return list(self.handles.values())
 
     @property
     def only(self) -> ScriptedUpstream:
