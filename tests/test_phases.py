@@ -30,7 +30,9 @@ def test_marks_become_one_observation_per_reached_phase() -> None:
     marks[M_ACQUIRED], marks[M_RESPONSE], marks[M_DONE] = 10.3, 10.31, 10.32
     stats.observe_marks(marks)
     snap = stats.snapshot()
-    assert [snap[p]["count"] for p in PHASES] == [1, 1, 1, 1, 1, 0]
+    # head..relay once each; loop_lag, accept and gap are observed elsewhere; one total
+    assert [snap[p]["count"] for p in PHASES] == [1, 1, 1, 1, 1, 0, 0, 0, 1]
+    assert snap["total"]["sum"] == pytest.approx(0.32)
     assert snap["acquire"]["sum"] == pytest.approx(0.299)
     # 0.299 s lands in the 0.5 s bucket, not below it
     acquire = dict(snap["acquire"]["buckets"])  # type: ignore[call-overload]

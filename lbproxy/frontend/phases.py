@@ -11,7 +11,21 @@ relay splits into phases separated by marks the relay takes with ``loop.time()``
   FIFO queue, or a TCP connect, retries included);
 - ``upstream``: request written until the replica's response head is parsed (the
   replica's own queueing and work, plus our loop lag before we read the answer);
-- ``relay``: response head until the last byte was handed to the client's transport.
+- ``relay``: response head until the last byte was handed to the client's transport;
+- ``total``: first byte parsed until the last byte handed over: the request's whole time
+  inside the balancer, whose p99 set against the client's p99 tells how much of the tail
+  lies outside it (kernel socket buffers before we read, the client itself).
+
+Before the first byte is parsed (issue 14's "accept to head parsed"):
+
+- ``accept``: a connection accepted (``connection_made``, right after ``accept()``) until
+  the first byte of its first request is parsed: the client's first send plus the time
+  those bytes sat in the socket buffer before the loop read them. Time spent in the
+  kernel's listen backlog, before ``accept()``, is not visible to the process
+  (bench/tail.py samples the listener's queue with ``ss`` for that);
+- ``gap``: on a keep-alive connection, the previous answer handed over (or the previous
+  request read, when pipelined) until the next request's first byte is parsed: the
+  client's turn-around plus the same socket-buffer wait.
 
 Plus ``loop_lag``: how late the balancer's 250 ms sweep timer fires, sampled four times a
 second; it measures how long one turn of the event loop (all ready callbacks) takes, i.e.
@@ -25,9 +39,11 @@ from __future__ import annotations
 
 import bisect
 
-#: Phase names, in the order a request passes them (``loop_lag`` is separate).
-PHASES = ("head", "pipeline", "acquire", "upstream", "relay", "loop_lag")
-HEAD, PIPELINE, ACQUIRE, UPSTREAM, RELAY, LOOP_LAG = range(len(PHASES))
+#: Phase names: the five a request passes between its first byte and its last in that
+#: order, then ``loop_lag`` (separate), then the ones added for the accept-to-parse part
+#: of the breakdown and the in-balancer total (appended so the old indexes hold).
+PHASES = ("head", "pipeline", "acquire", "upstream", "relay", "loop_lag", "accept", "gap", "total")
+HEAD, PIPELINE, ACQUIRE, UPSTREAM, RELAY, LOOP_LAG, ACCEPT, GAP, TOTAL = range(len(PHASES))
 #: Bucket bounds in seconds: fine at the bottom (the common case is tens of microseconds).
 BUCKETS = (
     0.00005,
@@ -82,6 +98,9 @@ class PhaseStats:
             start, end = marks[a], marks[b]
             if start and end:
                 self.observe(phase, end - start)
+        start, end = marks[M_BEGIN], marks[M_DONE]
+        if start and end:
+            self.observe(TOTAL, end - start)
 
     def snapshot(self) -> dict[str, dict[str, object]]:
         """Per phase: count, sum and cumulative bucket counts (JSON-friendly)."""

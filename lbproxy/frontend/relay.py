@@ -35,6 +35,8 @@ from lbproxy.errors import EmptyRingError, failure_body
 from lbproxy.frontend import after_head, forwarded, framing
 from lbproxy.frontend.framing import Out
 from lbproxy.frontend.phases import (
+    ACCEPT,
+    GAP,
     LOOP_LAG,
     M_ACQUIRED,
     M_BEGIN,
@@ -399,9 +401,13 @@ class Exchange:
         self.stale_retries = 0
         #: Phase marks (loop times) when --phase-timings is on; see frontend/phases.py.
         self.marks: list[float] | None = None
-        if self.front.phases is not None:
+        phases = self.front.phases
+        if phases is not None:
             self.marks = [0.0] * 6
-            self.marks[M_BEGIN] = self.front.time()
+            now = self.marks[M_BEGIN] = self.front.time()
+            # Accept (or the connection's previous exchange) to this first byte parsed.
+            phases.observe(ACCEPT if client.fresh else GAP, now - client.idle_since)
+            client.fresh = False
 
     # -- request side ---------------------------------------------------------------------
 
@@ -1141,6 +1147,8 @@ class ClientConnection(asyncio.Protocol):
         self.cur: Exchange | None = None
         self.head_bytes = 0
         self.idle_since = front.time()
+        #: No request begun yet (--phase-timings: its wait is "accept", later ones "gap").
+        self.fresh = True
         self.closed = False
         self.stopping = False
         self.paused = 0
