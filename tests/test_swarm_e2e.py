@@ -249,6 +249,26 @@ async def test_two_balancers_hold_the_same_pool_and_route_identically(deployed: 
     assert _services() == before, "the second balancer must adopt, not create"
 
 
+async def test_only_the_socket_proxy_holds_the_socket(deployed: Deployed) -> None:
+    """The balancers mount no Docker socket; through the proxy, forbidden calls get 403."""
+    mounts = {
+        name: json.loads(sh("docker", "service", "inspect", "--format",
+                            "{{json .Spec.TaskTemplate.ContainerSpec.Mounts}}", name))
+        for name in (deployed.a, deployed.b, f"{STACK}_socket-proxy")
+    }  # fmt: skip
+    assert mounts[deployed.a] is None and mounts[deployed.b] is None, mounts
+    assert [m["Source"] for m in mounts[f"{STACK}_socket-proxy"]] == [SOCKET]
+    proxy = _task_container(f"{STACK}_socket-proxy")
+    probe = (ROOT / "socket-proxy" / "probe.py").read_text()
+    answers = json.loads(
+        sh("docker", "exec", _task_container(deployed.a), "python", "-c", probe, proxy)
+    )
+    print(f"\nthrough the socket proxy: {answers}")
+    assert answers.pop("list containers") == 200
+    assert set(answers.values()) == {403}, answers
+    assert _services(), "the replicas are untouched"
+
+
 async def test_add_and_rm_through_one_balancer_are_seen_by_the_other(deployed: Deployed) -> None:
     a, b = _url(deployed.a_port), _url(deployed.b_port)
     async with aiohttp.ClientSession() as s:
@@ -271,6 +291,54 @@ async def test_add_and_rm_through_one_balancer_are_seen_by_the_other(deployed: D
           f"/rm via B seen by A after {seen_rm:.2f}s")  # fmt: skip
     assert seen_add <= 2.0 and seen_rm <= 2.0
     assert sorted(n.removeprefix(f"{STACK}_") for n in _services()) == sorted(left)
+
+
+async def _weights(session: aiohttp.ClientSession, url: str) -> dict[str, tuple[int, str]]:
+    """name -> (weight, task ID) as balancer ``url`` holds them."""
+    async with session.get(url + "/lbproxy/status") as r:
+        reps = (await r.json())["message"]["replicas"]
+    return {x["name"]: (x["weight"], x["backend_id"]) for x in reps}
+
+
+async def test_weights_are_service_labels_every_balancer_follows(deployed: Deployed) -> None:
+    """/add's weight through A and PUT /lbproxy/weight through B reach both; no restart."""
+    a, b = _url(deployed.a_port), _url(deployed.b_port)
+    async with aiohttp.ClientSession(headers=deployed.admin) as s:
+        async with s.post(a + "/add", json={"n": 1, "hostnames": ["w1"], "weight": 3}) as r:
+            assert r.status == 200, await r.text()
+        started = time.monotonic()
+        while (await _weights(s, b)).get("w1", (0, ""))[0] != 3:
+            assert time.monotonic() - started < 5, await _weights(s, b)
+            await asyncio.sleep(0.05)
+        label = sh("docker", "service", "inspect", "--format",
+                   '{{index .Spec.Labels "lbproxy.weight"}}', f"{STACK}_w1").strip()  # fmt: skip
+        assert label == "3"
+        task = (await _weights(s, a))["w1"][1]
+        target = sorted(await _weights(s, a))[0]  # an original replica, for the restart test
+        for name, weight in (("w1", 5), (target, 2)):
+            async with s.put(b + "/lbproxy/weight", json={"hostname": name, "weight": weight}) as r:
+                assert r.status == 200, await r.text()
+        started = time.monotonic()
+        while True:
+            on_a = await _weights(s, a)
+            if on_a["w1"][0] == 5 and on_a[target][0] == 2:
+                break
+            assert time.monotonic() - started < 5, on_a
+            await asyncio.sleep(0.05)
+        seen = time.monotonic() - started
+        assert on_a == await _weights(s, b)
+        assert on_a["w1"][1] == task, "a weight change must not replace the task"
+        ids = random.Random(16).sample(range(100000, 1000000), 2000)
+        via_a, via_b = await _route(s, a, ids), await _route(s, b, ids)
+        mismatches = sum(1 for x, y in zip(via_a, via_b, strict=True) if x != y)
+        shares = {n: via_a.count(n) for n in sorted(set(via_a))}
+        print(f"\nweights: PUT via B seen by A after {seen:.2f}s; 2,000 ids, {mismatches} "
+              f"mismatches; shares through A {shares}")  # fmt: skip
+        assert mismatches == 0
+        assert shares["w1"] > shares[sorted(n for n in shares if n not in ("w1", target))[0]]
+        async with s.delete(a + "/rm", json={"n": 1, "hostnames": ["w1"]}) as r:
+            assert r.status == 200, await r.text()
+        await _wait_rep(s, b, 3, timeout=10)
 
 
 async def _until(session: aiohttp.ClientSession, url: str, ok: Any) -> float:
@@ -412,6 +480,7 @@ async def test_killed_balancer_is_restarted_and_adopts(deployed: Deployed) -> No
     a, b = _url(deployed.a_port), _url(deployed.b_port)
     before = _services()
     async with aiohttp.ClientSession() as s:
+        weights = {n: w for n, (w, _) in (await _weights(s, b)).items()}
         stop = asyncio.Event()
         load_b = asyncio.create_task(_load_until(stop, b, concurrency=4))
         load_a = asyncio.create_task(_load_until(stop, a, concurrency=4))
@@ -431,6 +500,8 @@ async def test_killed_balancer_is_restarted_and_adopts(deployed: Deployed) -> No
     assert seen_b == {}, seen_b
     assert _task_container(deployed.a) != container
     assert _services() == before, "a restarted balancer must adopt, not create or remove"
+    async with aiohttp.ClientSession() as s:  # the weights came back with the labels
+        assert {n: w for n, (w, _) in (await _weights(s, a)).items()} == weights
 
 
 async def test_stack_rm_leaves_nothing(deployed: Deployed) -> None:

@@ -47,7 +47,11 @@ def test_service_spec_carries_labels_limits_and_placement() -> None:
     template = spec["task_template"]
     container = template["ContainerSpec"]
     assert container["Hostname"] == "S5" and container["Env"]["SERVER_ID"] == "S5"
-    assert container["Labels"] == labels  # task containers are recognisable in die events
+    # task containers are recognisable in die events; the weight is the service's alone,
+    # so that changing it restarts no task
+    assert container["Labels"] == {k: v for k, v in labels.items() if k != "lbproxy.weight"}
+    assert labels["lbproxy.weight"] == "1"
+    assert backend._service_spec("S6", 8, weight=4)["labels"]["lbproxy.weight"] == "4"
     assert template["Resources"]["Limits"]["MemoryBytes"] == 64 * 1024 * 1024
     assert template["Resources"]["Limits"]["NanoCPUs"] == 250_000_000
     assert template["Placement"]["Constraints"] == ["node.role==worker"]
@@ -86,15 +90,15 @@ async def test_events_of_the_pool_wake_the_sync_and_report_deaths() -> None:
     backend = _backend()
     deaths: list[BackendEvent] = []
     backend._on_death = deaths.append
-    backend._dispatch({"Type": "service", "Actor": {"Attributes": {"name": "other_S1"}}})
-    backend._dispatch(
+    backend.on_event({"Type": "service", "Actor": {"Attributes": {"name": "other_S1"}}})
+    backend.on_event(
         {"Type": "container", "Actor": {"Attributes": {"lbproxy.control.pool": "other"}}}
     )
     assert not backend.changed.is_set() and not deaths
-    backend._dispatch({"Type": "service", "Actor": {"Attributes": {"name": "pool1_S1"}}})
+    backend.on_event({"Type": "service", "Actor": {"Attributes": {"name": "pool1_S1"}}})
     assert backend.changed.is_set()
     backend.changed.clear()
-    backend._dispatch(
+    backend.on_event(
         {
             "Type": "container",
             "Action": "die",
@@ -112,6 +116,28 @@ async def test_events_of_the_pool_wake_the_sync_and_report_deaths() -> None:
     assert backend.changed.is_set()
     assert deaths == [BackendEvent("S1", "t1", "task container died (exit code 137)")]
     await asyncio.sleep(0)
+
+
+def test_a_task_containers_start_is_not_a_death() -> None:
+    """The stream carries ``start`` too (it wakes the sync): only ``die`` reports a death.
+
+    Reported as a death, the new task's start event marked its own incarnation dead when the
+    list had already put it in the pool (the event came after the list): its heartbeat
+    probe then gave up at once and the replica stayed down.
+    """
+    backend = _backend()
+    deaths: list[BackendEvent] = []
+    backend._on_death = deaths.append
+    attributes = {
+        "lbproxy.control.pool": "pool1",
+        "lbproxy.replica": "S1",
+        "com.docker.swarm.task.id": "t2",
+    }
+    backend.on_event(
+        {"Type": "container", "Action": "start", "Actor": {"ID": "c2", "Attributes": attributes}}
+    )
+    assert backend.changed.is_set()
+    assert deaths == []
 
 
 def test_swarm_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:

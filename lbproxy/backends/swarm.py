@@ -1,8 +1,8 @@
 """Replicas as Docker Swarm services, driven through the Engine API with aiodocker.
 
-With docker.py, one of the two modules that import aiodocker (both under ``backends/``):
-every Engine call the Swarm backend makes is in here, typed, so the control plane
-(``control/swarm.py``) never sees a raw API shape.
+Every Engine call the Swarm backend makes is in here, typed, so the control plane
+(``control/swarm.py``) never sees a raw API shape; the connection, error and event-stream
+plumbing it shares with the Docker backend is ``engine.EngineBackend``.
 
 The mapping (docs/swarm.md explains it): **one replicated service per replica**, with one
 task. The service is named ``<pool>_<hostname>``, its task's container has the hostname,
@@ -18,6 +18,10 @@ The engine is the single source of truth shared by every balancer:
   (config names are unique as well), so two concurrent ``/add``\\s never reuse an id;
 - service updates carry the version they were read at, so of two balancers that force a
   hung replica's replacement at once, only one update is applied.
+
+A replica's weight (``/add``'s ``"weight"``, ``PUT /lbproxy/weight``) is the service label
+``lbproxy.weight``: on the service only, not its task's containers, so changing it is a
+label update that restarts nothing, and every balancer (and a restarted one) reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
-import aiohttp
 
 from lbproxy.backends.base import (
     BackendEvent,
@@ -42,32 +45,27 @@ from lbproxy.backends.base import (
     validate_hostname,
 )
 from lbproxy.backends.docker import LABEL_POOL, LABEL_REPLICA, LABEL_RING_ID, LABEL_ROLE
+from lbproxy.backends.engine import ENGINE_ERRORS as _ENGINE_ERRORS
+from lbproxy.backends.engine import EngineBackend
+from lbproxy.backends.engine import engine_error as _engine_error
 from lbproxy.config import Config
-from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError
+from lbproxy.errors import BackendError, BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 
 ROLE_REPLICA = "replica"
 ROLE_RING_CLAIM = "ring-claim"
+#: A replica's weight, on its service (absent: 1).
+LABEL_WEIGHT = "lbproxy.weight"
+#: Read-modify-write attempts of a label update that other writers keep beating.
+_UPDATE_ATTEMPTS = 5
 #: The label `docker stack deploy` puts on a stack's objects; `docker stack rm` removes by it.
 LABEL_STACK = "com.docker.stack.namespace"
 
-_EVENT_RETRY = 1.0
 #: Swarm object names (services): letters and digits, '-' and '_' inside (swarmkit's rule).
 _SWARM_NAME = re.compile(r"^[A-Za-z0-9](?:[-_]*[A-Za-z0-9])*$")
 _SWARM_NAME_MAX = 63
 _NS_PER_S = 1_000_000_000
-
-_ENGINE_ERRORS = (aiodocker.DockerError, aiohttp.ClientError, OSError, TimeoutError)
-
-
-def _engine_error(action: str, exc: Exception) -> LbproxyError:
-    """An engine failure as an error a caller can act on (the admin API shows it)."""
-    if isinstance(exc, aiodocker.DockerError):
-        if exc.status == 409:
-            return Conflict(f"{action}: {exc.message}")
-        return BackendError(f"{action}: Docker engine said {exc.status}: {exc.message}")
-    return BackendError(f"{action}: Docker engine unreachable ({exc})", status=503)
 
 
 def _parse_time(text: str) -> float:
@@ -96,6 +94,7 @@ class SwarmReplica:
     #: (re)starts it.
     task_id: str | None = None
     url: str | None = None
+    weight: int = 1
 
     @property
     def handle(self) -> ReplicaHandle | None:
@@ -113,28 +112,20 @@ class RingClaim:
     created: float
 
 
-class SwarmBackend:
+class SwarmBackend(EngineBackend):
     """Creates, watches and removes this pool's replica services; the engine keeps them."""
 
     default_prefix = "server-"
+    kind = "Swarm"
 
     def __init__(self, config: Config) -> None:
-        self._config = config
+        super().__init__(config)
         self._pool = config.docker.pool
-        self._docker: aiodocker.Docker | None = None
-        self._events_task: asyncio.Task[None] | None = None
-        self._on_death: DeathCallback | None = None
         #: Set whenever the engine reports a change to this pool (service created, updated,
         #: removed; a task's container died): the controller lists and converges.
         self.changed = asyncio.Event()
 
     # -- helpers -------------------------------------------------------------------------
-
-    @property
-    def docker(self) -> aiodocker.Docker:
-        if self._docker is None:
-            raise BackendError("the Swarm backend is not open", status=503)
-        return self._docker
 
     def service_name(self, name: str) -> str:
         return f"{self._pool}_{name}"
@@ -171,16 +162,12 @@ class SwarmBackend:
         return checked
 
     async def open(self, on_death: DeathCallback) -> None:
-        self._on_death = on_death
+        await self.connect(on_death)
         try:
-            self._docker = aiodocker.Docker(url=self._config.docker.docker_url)
-            info = await self._docker.system.info()
+            info = await self.docker.system.info()
         except _ENGINE_ERRORS as exc:
             await self.close()
-            raise _engine_error("connecting to the Docker engine", exc) from exc
-        except ValueError as exc:  # aiodocker: no socket found and no DOCKER_HOST
-            await self.close()
-            raise BackendError(f"no Docker engine to talk to: {exc}", status=503) from exc
+            raise _engine_error("asking the Docker engine for its swarm state", exc) from exc
         swarm = info.get("Swarm") or {}
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             await self.close()
@@ -195,19 +182,15 @@ class SwarmBackend:
         except BaseException:
             await self.close()
             raise
-        self._events_task = asyncio.create_task(self._watch_events(), name="swarm-events")
-
-    async def close(self) -> None:
-        if self._events_task is not None:
-            self._events_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._events_task
-            self._events_task = None
-        if self._docker is not None:
-            with contextlib.suppress(Exception):
-                await self._docker.events.stop()  # type: ignore[no-untyped-call]
-            await self._docker.close()
-            self._docker = None
+        # Service events are cluster-wide on a manager; container ``start`` and ``die``
+        # events are local to this node (other nodes' task changes arrive with the list).
+        self.follow_events(
+            {
+                "type": ["service", "container"],
+                "event": ["create", "update", "remove", "start", "die"],
+            },
+            name="swarm-events",
+        )
 
     async def _ensure_network(self) -> None:
         """The replicas' overlay network: used if it exists (a stack made it), else created."""
@@ -283,6 +266,7 @@ class SwarmBackend:
             if not name or not ring_id.isdigit():
                 continue
             current = running.get(service["ID"])
+            weight = labels.get(LABEL_WEIGHT, "1")
             result.append(
                 (
                     _parse_time(service.get("CreatedAt", "")),
@@ -292,6 +276,7 @@ class SwarmBackend:
                         service_id=service["ID"],
                         task_id=current["ID"] if current is not None else None,
                         url=self._task_url(current) if current is not None else None,
+                        weight=int(weight) if weight.isdigit() and int(weight) > 0 else 1,
                     ),
                 )
             )
@@ -345,7 +330,7 @@ class SwarmBackend:
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"releasing ring id {ring_id}", exc) from exc
 
-    def _service_spec(self, name: str, ring_id: int) -> dict[str, Any]:
+    def _service_spec(self, name: str, ring_id: int, weight: int = 1) -> dict[str, Any]:
         dc, sc = self._config.docker, self._config.swarm
         labels = self._labels(ROLE_REPLICA, name, ring_id)
         task_template: dict[str, Any] = {
@@ -378,7 +363,8 @@ class SwarmBackend:
         return {
             "task_template": task_template,
             "name": self.service_name(name),
-            "labels": labels,
+            # the weight on the service only: changing it then restarts no task
+            "labels": {**labels, LABEL_WEIGHT: str(weight)},
             "mode": {"Replicated": {"Replicas": 1}},
             # A forced replacement starts the new task before it stops the hung one.
             "update_config": {
@@ -390,10 +376,12 @@ class SwarmBackend:
             "endpoint_spec": {"Mode": "dnsrr"},
         }
 
-    async def create_service(self, name: str, ring_id: int) -> str:
+    async def create_service(self, name: str, ring_id: int, weight: int = 1) -> str:
         """Create the replica service; ``Conflict`` if a service of that name exists."""
         try:
-            created = await self.docker.services.create(**self._service_spec(name, ring_id))
+            created = await self.docker.services.create(
+                **self._service_spec(name, ring_id, weight)
+            )
         except aiodocker.DockerError as exc:
             if exc.status == 409:
                 raise Conflict(f"a Swarm service named {self.service_name(name)!r} exists") from exc
@@ -418,27 +406,30 @@ class SwarmBackend:
 
         Done like ``docker service update --force``: the spec's ``ForceUpdate`` counter goes
         up by one, sent with the version it was read at. Skipped (False) when the task is no
-        longer the service's current one or an update newer than the task already exists,
-        and when another balancer's update won the version race: one replacement, not one
-        per balancer.
+        longer the service's current one or a forced update newer than the task already
+        exists (the service's counter is past the task's), and when another balancer's
+        update won the version race: one replacement, not one per balancer. (A label
+        update, such as a weight, is not a replacement: it does not count.)
         """
         service_name = self.service_name(name)
         try:
             service = await self.docker.services.inspect(service_name)
             task = await self.docker.tasks.inspect(task_id)
             status = task.get("Status") or {}
+            spec = service["Spec"]
+            template = spec["TaskTemplate"]
+            forced = int(template.get("ForceUpdate", 0))
             if (
                 task.get("ServiceID") != service["ID"]
                 or task.get("DesiredState") != "running"
                 or status.get("State") != "running"
-                or _parse_time(service.get("UpdatedAt", "")) > _created(task)
+                or forced > int((task.get("Spec") or {}).get("ForceUpdate", 0))
             ):
                 return False  # already dead or superseded: Swarm is on it
-            spec = service["Spec"]
-            template = spec["TaskTemplate"]
-            template["ForceUpdate"] = int(template.get("ForceUpdate", 0)) + 1
+            template["ForceUpdate"] = forced + 1
+            # by name: the socket proxy lets updates through for the pool's names only
             await self.docker._query_json(
-                f"services/{service['ID']}/update",
+                f"services/{service_name}/update",
                 method="POST",
                 data=json.dumps(spec),
                 params={"version": service["Version"]["Index"]},
@@ -454,6 +445,39 @@ class SwarmBackend:
             raise _engine_error(f"forcing the replacement of {name!r}", exc) from exc
         log.info("forced an update of %r to replace task %s", service_name, task_id[:12])
         return True
+
+    async def set_weight(self, name: str, weight: int) -> None:
+        """Write ``weight`` into the service's label (read-modify-write at its version).
+
+        Only the service's own labels change, so Swarm replaces no task; another writer's
+        update in between (a forced replacement, another balancer's weight) makes the
+        engine refuse ours as out of sequence, and it is read and applied again.
+        """
+        service_name = self.service_name(name)
+        for _ in range(_UPDATE_ATTEMPTS):
+            try:
+                service = await self.docker.services.inspect(service_name)
+                spec = service["Spec"]
+                labels = spec.setdefault("Labels", {})
+                if labels.get(LABEL_WEIGHT) == str(weight):
+                    return
+                labels[LABEL_WEIGHT] = str(weight)
+                await self.docker._query_json(
+                    f"services/{service_name}/update",
+                    method="POST",
+                    data=json.dumps(spec),
+                    params={"version": service["Version"]["Index"]},
+                )
+                log.info("weight of %r set to %d", service_name, weight)
+                return
+            except aiodocker.DockerError as exc:
+                if exc.status == 404:
+                    raise NotFound(f"hostname {name!r} is not in the pool") from exc
+                if "out of sequence" not in str(exc.message):
+                    raise _engine_error(f"setting the weight of {name!r}", exc) from exc
+            except _ENGINE_ERRORS as exc:
+                raise _engine_error(f"setting the weight of {name!r}", exc) from exc
+        raise Conflict(f"the service of {name!r} kept changing; try the weight again")
 
     # -- the ReplicaBackend interface ----------------------------------------------------------
 
@@ -485,36 +509,10 @@ class SwarmBackend:
 
     # -- events -----------------------------------------------------------------------------------
 
-    async def _watch_events(self) -> None:
-        """Follow service events and task containers' deaths; resubscribe if the stream drops.
+    def on_resync(self) -> None:
+        self.changed.set()  # events may have been missed: list again
 
-        Service events are cluster-wide on a manager; container ``start`` and ``die`` events
-        are local to this node (other nodes' task changes arrive with the periodic list).
-        """
-        filters = json.dumps(
-            {
-                "type": ["service", "container"],
-                "event": ["create", "update", "remove", "start", "die"],
-            }
-        )
-        while True:
-            subscriber = self.docker.events.subscribe(filters=filters)  # type: ignore[no-untyped-call]
-            try:
-                while True:
-                    event = await subscriber.get()
-                    if event is None:
-                        break  # stream ended (engine restarted?): resubscribe
-                    self._dispatch(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("Docker event stream failed; resubscribing")
-            self.changed.set()  # events may have been missed: list again
-            with contextlib.suppress(Exception):
-                await self.docker.events.stop()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(_EVENT_RETRY)
-
-    def _dispatch(self, event: Mapping[str, Any]) -> None:
+    def on_event(self, event: Mapping[str, Any]) -> None:
         actor = event.get("Actor") or {}
         attributes = actor.get("Attributes") or {}
         if event.get("Type") == "service":
@@ -524,6 +522,10 @@ class SwarmBackend:
         if attributes.get(LABEL_POOL) != self._pool or not attributes.get(LABEL_REPLICA):
             return
         self.changed.set()
+        # ``start`` only wakes the list: reported as a death, a start that arrives after the
+        # list showed the new task would mark that new incarnation dead.
+        if (event.get("Action") or event.get("status")) != "die":
+            return
         task_id = attributes.get("com.docker.swarm.task.id")
         if task_id and self._on_death is not None:
             code = attributes.get("exitCode", "?")

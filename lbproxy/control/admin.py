@@ -135,9 +135,12 @@ class AdminRoutes:
         return web.json_response(rep_body(self._pool))
 
     async def weight(self, request: web.Request) -> web.Response:
-        """Answers once the ring with the new weight is in use (it is built off the loop)."""
+        """Answers once the ring with the new weight is in use (it is built off the loop).
+
+        Through the reconciler: on Swarm the weight is written to the engine first."""
         body = await _read_body(request, WeightRequest)
-        replica = self._pool.set_weight(body.hostname, self._pool.check_weight(body.weight))
+        weight = self._pool.check_weight(body.weight)
+        replica = await self._reconciler.set_weight(body.hostname, weight)
         await self._pool.settled()
         return web.json_response(
             {

@@ -273,6 +273,13 @@ class Reconciler:
             k += 1
         return names
 
+    async def set_weight(self, name: str, weight: int) -> Replica:
+        """A member's weight (``PUT /lbproxy/weight``); here the pool is the only record.
+
+        The Swarm reconciler writes it to the engine first, so that every balancer has it.
+        """
+        return self._pool.set_weight(name, weight)
+
     async def add(self, count: int, hostnames: Sequence[str], weight: int = 1) -> None:
         """Launch ``count`` replicas (named ones first); all join the ring together or none do.
 

@@ -16,6 +16,9 @@ admin API, the views and the lifecycle are unchanged). What differs, and why:
 - ``/add`` creates services (unique names, ring ids claimed as Swarm configs: the engine's
   uniqueness guarantees, no home-made consensus) and answers once the new replicas pass a
   heartbeat; ``/rm`` drains, then removes the services and releases their ring ids.
+- Weights are service labels: ``/add``'s ``"weight"`` is written at creation and ``PUT
+  /lbproxy/weight`` updates the label, then the local ring; every list applies the labels,
+  so all balancers (and a restarted one) hold the same weights.
 - A balancer that stops leaves the replicas running (other balancers use them; a restarted
   one adopts them). `docker stack rm` or removing the services ends them.
 """
@@ -37,7 +40,7 @@ from lbproxy.config import MAX_POOL_SIZE, Config
 from lbproxy.control.health import wait_ready
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.control.reconcile import Reconciler
-from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError
+from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,7 @@ class SwarmReconciler(Reconciler):
             member = self._pool.get(name)
             if member is None:
                 member = self._pool.add(name, found.ring_id)
+                member.weight = self._weight_of(found)  # not on the ring yet: no rebuild
                 if member.ring_id != found.ring_id:
                     log.error(
                         "replica %r has ring id %d in the engine but %d here: ring ids clash",
@@ -141,6 +145,9 @@ class SwarmReconciler(Reconciler):
                         member.ring_id,
                     )
                 self._pool.events.emit("adopted", name, f"ring id {found.ring_id}")
+            elif member.weight != self._weight_of(found):
+                # another balancer changed it (or this one, and the list caught up)
+                self._pool.set_weight(name, self._weight_of(found))
             handle = found.handle
             if handle is None:
                 # Swarm is (re)starting the task: nothing to send to until the next one runs.
@@ -166,6 +173,29 @@ class SwarmReconciler(Reconciler):
             task = self._probes.pop(name, None)
             if task is not None:
                 task.cancel()
+
+    def _weight_of(self, found: SwarmReplica) -> int:
+        """The label's weight, or 1 where the ring family takes no weights (seed rings)."""
+        if found.weight == 1 or getattr(self._pool.family, "weighted", False):
+            return found.weight
+        log.warning(
+            "replica %r has weight %d but the %s ring takes no weights: using 1",
+            found.name,
+            found.weight,
+            self._pool.family.name,
+        )
+        return 1
+
+    async def set_weight(self, name: str, weight: int) -> Replica:
+        """The service's weight label first (every balancer follows it), then this ring."""
+        # the sync lock too: a list read before the label changed must not undo it here
+        async with self._admin_lock, self._sync_lock:
+            if self._pool.get(name) is None:
+                raise NotFound(f"hostname {name!r} is not in the pool")
+            await self._swarm.set_weight(name, self._pool.check_weight(weight))
+            replica = self._pool.set_weight(name, weight)
+        self._swarm.changed.set()
+        return replica
 
     def _probe(self, member: Replica) -> None:
         """Heartbeat a new task fast; on the ring once it passes, else Swarm replaces it."""
@@ -272,7 +302,7 @@ class SwarmReconciler(Reconciler):
 
     # -- operator changes ------------------------------------------------------------------------
 
-    async def _create(self, name: str) -> int:
+    async def _create(self, name: str, weight: int = 1) -> int:
         """Claim the lowest free ring id, then create the service; ``Conflict`` if it exists."""
         claims = await self._swarm.claims()
         used = {c.ring_id for c in claims} | {r.ring_id for r in self._pool.replicas()}
@@ -283,7 +313,7 @@ class SwarmReconciler(Reconciler):
             used.add(ring_id)
             ring_id += 1
         try:
-            await self._swarm.create_service(name, ring_id)
+            await self._swarm.create_service(name, ring_id, weight)
         except BaseException:
             await asyncio.shield(self._swarm.release_ring_id(ring_id))
             raise
@@ -294,10 +324,8 @@ class SwarmReconciler(Reconciler):
         """Create ``count`` replica services (named ones first); answer once all pass heartbeats.
 
         All or nothing: if one cannot be created or does not come up in time, the ones this
-        call created are removed again. (``weight`` other than 1: not on Swarm yet.)
+        call created are removed again. ``weight`` goes into each new service's label.
         """
-        if weight != 1:
-            raise BadRequest("weights at /add are not supported on the swarm backend yet")
         async with self._admin_lock:
             if self._stopping:
                 raise BackendError("the balancer is shutting down", status=503)
@@ -321,14 +349,14 @@ class SwarmReconciler(Reconciler):
             created: list[str] = []
             try:
                 for name in names:
-                    await self._create(name)
+                    await self._create(name, weight)
                     created.append(name)
                 taken_now = existing | set(names)
                 for name in extra:
                     # Another balancer may take a generated name first: pick the next one.
                     while True:
                         try:
-                            await self._create(name)
+                            await self._create(name, weight)
                             break
                         except Conflict:
                             taken_now.add(name)
