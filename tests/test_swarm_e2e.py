@@ -300,6 +300,12 @@ async def _weights(session: aiohttp.ClientSession, url: str) -> dict[str, tuple[
     return {x["name"]: (x["weight"], x["backend_id"]) for x in reps}
 
 
+async def _shares(session: aiohttp.ClientSession, url: str) -> Any:
+    """The key-space shares of the ring balancer ``url`` routes with."""
+    async with session.get(url + "/lbproxy/status") as r:
+        return (await r.json())["message"]["shares"]
+
+
 async def test_weights_are_service_labels_every_balancer_follows(deployed: Deployed) -> None:
     """/add's weight through A and PUT /lbproxy/weight through B reach both; no restart."""
     a, b = _url(deployed.a_port), _url(deployed.b_port)
@@ -327,13 +333,21 @@ async def test_weights_are_service_labels_every_balancer_follows(deployed: Deplo
             await asyncio.sleep(0.05)
         seen = time.monotonic() - started
         assert on_a == await _weights(s, b)
+        # the weight is on A's member at once; its ring is built off the loop: route once
+        # both rings in use are the same (their key-space shares are equal)
+        started = time.monotonic()
+        while (shares_a := await _shares(s, a)) != await _shares(s, b):
+            assert time.monotonic() - started < 10, shares_a
+            await asyncio.sleep(0.05)
+        settled = time.monotonic() - started
         assert on_a["w1"][1] == task, "a weight change must not replace the task"
         ids = random.Random(16).sample(range(100000, 1000000), 2000)
         via_a, via_b = await _route(s, a, ids), await _route(s, b, ids)
         mismatches = sum(1 for x, y in zip(via_a, via_b, strict=True) if x != y)
         shares = {n: via_a.count(n) for n in sorted(set(via_a))}
-        print(f"\nweights: PUT via B seen by A after {seen:.2f}s; 2,000 ids, {mismatches} "
-              f"mismatches; shares through A {shares}")  # fmt: skip
+        print(f"\nweights: PUT via B seen by A after {seen:.2f}s, its ring in use "
+              f"{settled:.2f}s later; 2,000 ids, {mismatches} mismatches; "
+              f"requests per replica through A {shares}")  # fmt: skip
         assert mismatches == 0
         assert shares["w1"] > shares[sorted(n for n in shares if n not in ("w1", target))[0]]
         async with s.delete(a + "/rm", json={"n": 1, "hostnames": ["w1"]}) as r:
