@@ -279,6 +279,38 @@ async def test_h2c_offer_with_a_body_forwards_the_body(target: Target) -> None:
         assert nxt.status == 200 and nxt.tag == b"a2"
 
 
+# -- an upgrade the replica refuses (RFC 9110 7.8) --------------------------------------------
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["alone", "pipelined"])
+async def test_upgrade_refused_by_the_replica_keeps_the_connection(
+    target: Target, pipelined: bool
+) -> None:
+    """RFC 9110 7.8: a server MAY ignore Upgrade; a final answer other than 101 is an
+    ordinary response, so the client connection (and the upstream one) stay usable,
+    including for a request the client sent right behind the offer."""
+    async with target.rig() as r:
+        c = await r.client()
+        offer = get(
+            "/ok",
+            "a",
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",  # HAProxy 400s an offer without
+            "Sec-WebSocket-Version: 13",
+        )
+        c.send(offer + (get("/ok", "a2") if pipelined else b""))
+        _, resp = await c.read_response()
+        assert resp.status == 200 and resp.tag == b"a"
+        assert resp.one("Connection") != b"close", "the refused upgrade closed the connection"
+        if pipelined:
+            _, resp = await c.read_response()
+            assert resp.status == 200 and resp.tag == b"a2"
+        nxt = await c.request(get("/ok", "a3"))
+        assert nxt.status == 200 and nxt.tag == b"a3"
+        assert r.upstream.data_connections() == 1
+
+
 # -- high: a client that stops reading must not leave a paused pooled connection ---------------
 
 

@@ -832,7 +832,7 @@ class Exchange:
         if has_length and not codings and status != 204 and status != 304 and method != b"HEAD":
             # the common answer, decided without a call (framing.response_framing agrees);
             # resp_out and resp_eof keep their initial values (_LENGTH, False)
-            if self.keep_alive and self.complete and not self.wants_tunnel:
+            if self.keep_alive and self.complete:
                 lines.append(b"\r\n" if self.http11 else b"Connection: keep-alive\r\n\r\n")
                 self.resp_started = True
                 return
@@ -846,9 +846,6 @@ class Exchange:
                 lines.append(framing.chunked_field(codings))
             elif out is _CLOSE:
                 self.keep_alive = False
-        if self.wants_tunnel:
-            # No 101: llhttp stopped at the upgrade request, so the connection ends here.
-            self.keep_alive = False
         if not self.complete:
             # The answer came before the whole request: the rest of the body would have to
             # be read and thrown away to keep the connection; close it instead.
@@ -1165,6 +1162,8 @@ class ClientConnection(asyncio.Protocol):
         self.fwd_tail = b""
         #: Set once the connection is a tunnel (frontend/tunnel.py): raw bytes, no HTTP.
         self.tunnel: Callable[[bytes], None] | None = None
+        #: The upgrade request llhttp stopped at, until its answer (a refusal reads on).
+        self.stopped_at: Exchange | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -1210,9 +1209,10 @@ class ClientConnection(asyncio.Protocol):
         ex = self.resume
         last = self.queue[-1] if self.queue else None
         if last is not None and last.wants_tunnel and ex is None:
-            # Bytes after an upgrade request are the tunnel's (or nobody's, without a 101):
-            # hold them and read nothing more until the replica has answered.
+            # Bytes after an upgrade request are the tunnel's after a 101, or the next
+            # requests' without one: hold them and read nothing more until the answer.
             last.early += rest
+            self.stopped_at = last
             self.pause(_TUNNEL_WAIT)
             return
         self.parser = httptools.HttpRequestParser(self)
@@ -1227,6 +1227,17 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(synthetic)
         if rest:
             self.data_received(rest)
+
+    def _resume_after_upgrade_refused(self, exchange: Exchange) -> None:
+        """A fresh parser (llhttp stopped at the upgrade request) reads on, first the bytes
+        held since; reading resumes before they are fed, as new ones arrive only later."""
+        if self.closed:
+            return
+        early, exchange.early = exchange.early, b""
+        self.parser = httptools.HttpRequestParser(self)
+        self.unpause(_TUNNEL_WAIT)
+        if early:
+            self.data_received(early)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -1415,6 +1426,13 @@ class ClientConnection(asyncio.Protocol):
             queue.popleft()
         if not exchange.keep_alive or self.stopping:
             self.close()
+            return
+        if exchange is self.stopped_at:
+            # RFC 9110 7.8: the replica ignored the upgrade; its answer was an ordinary
+            # one, so the connection goes on as HTTP/1.1 (HAProxy keeps it too).
+            self.stopped_at = None
+            self.idle_since = now
+            self.front.loop.call_soon(self._resume_after_upgrade_refused, exchange)
             return
         self.idle_since = now
         if queue:
