@@ -53,6 +53,10 @@ WHY: dict[str, str] = {
     "test_connection_naming_host_is_400_never_hostless": (
         "as above: HAProxy keeps Host and forwards; lbproxy 400"
     ),
+    "test_unasked_100_continue_is_dropped": (
+        "RFC 9110 15.2: a proxy MUST forward a 1xx it did not ask for; HAProxy forwards the "
+        "100, lbproxy drops it (issue 9's rule: it answers Expect itself and strips it)"
+    ),
     "test_1xx_is_not_sent_to_an_http10_client": (
         "HAProxy sends the 103 to an HTTP/1.0 client; RFC 9110 15.2: MUST NOT (lbproxy drops it)"
     ),
