@@ -2,7 +2,8 @@
 # `make bench`: tools, then the HTTP comparison with a profile, then memory and ring figures.
 #   BENCH_QUICK=1      short runs for a smoke test (about a minute)
 #   BENCH_CONNECTIONS  load points (default 64,500,1500); BENCH_IDLE idle clients (10000)
-#   BENCH_ONLY=http    only the HTTP comparison (+ profile); BENCH_ONLY=memory: only memory
+#   BENCH_ONLY=http    only the HTTP comparison (+ profile); =tail: only bench/tail.py
+#                      (lbproxy vs HAProxy, own replicas each); =memory: only memory
 #   BENCH_PROFILE=0    skip the py-spy profile
 #   BENCH_TAG=name     name the result/profile files (profile-<name>.svg); BENCH_LBPROXY_SRC=dir
 #                      measures another lbproxy tree (see docs/performance.md)
@@ -27,6 +28,10 @@ fi
 
 if [ "$only" = "all" ] || [ "$only" = "http" ]; then
     "$PY" bench/http_bench.py --idle "${profile[@]}"
+fi
+if [ "$only" = "all" ] || [ "$only" = "tail" ]; then
+    # Issue 14 like for like: each proxy its own replicas, HAProxy with lbproxy's maxconn.
+    "$PY" bench/tail.py
 fi
 if [ "$only" = "all" ] || [ "$only" = "memory" ]; then
     "$PY" bench/memory.py
