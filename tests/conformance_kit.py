@@ -21,6 +21,7 @@ inputs are byte for byte the same; bench/conformance_vs_haproxy.py runs both and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import os
 import shutil
@@ -594,6 +595,7 @@ class Target:
         *,
         read_timeout: float = READ_TIMEOUT,
         max_body: int | None = None,
+        max_conns: int | None = None,
     ) -> AbstractAsyncContextManager[Rig]:
         raise NotImplementedError
 
@@ -614,10 +616,13 @@ class LbproxyTarget(Target):
         *,
         read_timeout: float = READ_TIMEOUT,
         max_body: int | None = None,
+        max_conns: int | None = None,
     ) -> AbstractAsyncContextManager[Rig]:
         proxy = ProxyConfig(read_timeout=read_timeout)
         if max_body is not None:
-            proxy = ProxyConfig(read_timeout=read_timeout, max_body_bytes=max_body)
+            proxy = dataclasses.replace(proxy, max_body_bytes=max_body)
+        if max_conns is not None:
+            proxy = dataclasses.replace(proxy, max_conns_per_replica=max_conns)
         return rig(scripts, early, proxy=proxy, trace=self.trace)
 
 
@@ -672,6 +677,7 @@ class HaproxyTarget(Target):
         *,
         read_timeout: float = READ_TIMEOUT,
         max_body: int | None = None,
+        max_conns: int | None = None,
     ) -> AbstractAsyncContextManager[Rig]:
         return self._rig(scripts, early, read_timeout)
 

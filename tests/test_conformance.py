@@ -385,6 +385,30 @@ async def test_junk_after_an_answer_never_reaches_the_next_client(target: Target
             await r.next_client_is_served(f"next{i}")
 
 
+async def test_junk_after_an_answer_never_reaches_a_queued_client(target: Target) -> None:
+    """With the replica's connection cap reached, a client waits for the connection in
+    use; the junk its replica sent after the answer (same read) must not become that
+    waiting client's answer. (lbproxy handed the connection over inside the parser's
+    callback, before the rest of the read was parsed.)"""
+    lbproxy_only(target, "sets --max-conns-per-replica 1 and waits on lbproxy's queue")
+    gate = Stall()
+    junk = b"HTTP/1.1 200 OK\r\nX-Answer: stale\r\nContent-Length: 5\r\n\r\nstale"
+    async with target.rig({"junk": [gate, answer(200, b"mine") + junk]}, max_conns=1) as r:
+        a = await r.client()
+        a.send(get("/s/junk", "a"))
+        await r.upstream.stalled.wait()
+        b = await r.client()
+        b.send(get("/ok", "b"))
+        front = r.lbproxy.frontend
+        assert front is not None
+        await wait_for(lambda: front.upstreams.waiting() == 1)
+        gate.event.set()
+        _, resp = await a.read_response()
+        assert resp.status == 200 and resp.body == b"mine"
+        _, resp = await b.read_response()
+        assert resp.tag == b"b" and resp.body == b"ok", (resp.tag, resp.body)
+
+
 async def test_truncated_length_answer_is_cut_not_completed(target: Target) -> None:
     gate = Stall()
     script = [

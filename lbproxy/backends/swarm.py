@@ -379,9 +379,7 @@ class SwarmBackend(EngineBackend):
     async def create_service(self, name: str, ring_id: int, weight: int = 1) -> str:
         """Create the replica service; ``Conflict`` if a service of that name exists."""
         try:
-            created = await self.docker.services.create(
-                **self._service_spec(name, ring_id, weight)
-            )
+            created = await self.docker.services.create(**self._service_spec(name, ring_id, weight))
         except aiodocker.DockerError as exc:
             if exc.status == 409:
                 raise Conflict(f"a Swarm service named {self.service_name(name)!r} exists") from exc

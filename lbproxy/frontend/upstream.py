@@ -367,15 +367,31 @@ class UpstreamPool:
         waiters.insert(i, waiter)
 
     def put(self, conn: UpstreamConnection) -> None:
-        """A connection is free again: to the longest waiter, else to the idle list."""
-        host = conn.host
+        """A connection is free again: to the longest waiter, else to the idle list.
+
+        A waiter gets it on the next loop turn, not now: put runs inside the parser's
+        callback for the answer's end, and the rest of that read (junk a replica sent after
+        its answer) would be parsed as the waiter's answer. By then junk has dropped it.
+        """
         conn.reused = True
-        waiters = host.waiters
+        if conn.host.waiters:
+            asyncio.get_running_loop().call_soon(self._grant, conn)
+            return
+        self._idle(conn)
+
+    def _grant(self, conn: UpstreamConnection) -> None:
+        if conn.closed:  # dropped meanwhile: forget() gave its slot to the next waiter
+            return
+        waiters = conn.host.waiters
         while waiters:
             waiter = waiters.popleft()
             if not waiter.dead:
                 waiter.on_granted(conn)
                 return
+        self._idle(conn)
+
+    def _idle(self, conn: UpstreamConnection) -> None:
+        host = conn.host
         idle = host.idle
         if len(idle) >= self._max_idle:
             conn.close()
