@@ -1310,9 +1310,11 @@ def profile(procs: Processes, lb: Target, cfg: Settings, out_dir: Path) -> dict[
 
 
 def timing_flag(on: bool = True) -> list[str]:
-    """--phase-timings, unless off or the measured tree (BENCH_LBPROXY_SRC) predates it."""
-    cli = lbproxy_src() / "lbproxy" / "cli.py"
-    return ["--phase-timings"] if on and "--phase-timings" in cli.read_text() else []
+    """--phase-timings, unless off or the measured tree (BENCH_LBPROXY_SRC) predates it
+    (declared in config.py since issue 13's settings work, in cli.py before)."""
+    src = lbproxy_src() / "lbproxy"
+    texts = [(src / f).read_text() for f in ("cli.py", "config.py") if (src / f).exists()]
+    return ["--phase-timings"] if on and any("--phase-timings" in t for t in texts) else []
 
 
 def tree_env(src: Path) -> dict[str, str]:
