@@ -86,6 +86,9 @@ def swarm() -> Iterator[None]:
     """A swarm to deploy on: this engine's, or a single-node one made here and left after."""
     state = sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").strip()
     made = state != "active"
+    # `swarm init` also creates the bridge docker_gwbridge, and `swarm leave` keeps it: a
+    # test that made the swarm removes it too, unless it was there before.
+    had_gwbridge = _network_exists(GWBRIDGE)
     if made:
         sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
@@ -94,6 +97,16 @@ def swarm() -> Iterator[None]:
         _remove_everything()
         if made:
             sh("docker", "swarm", "leave", "--force", check=False)
+            if not had_gwbridge and _network_exists(GWBRIDGE):
+                sh("docker", "network", "rm", GWBRIDGE, check=False)
+
+
+GWBRIDGE = "docker_gwbridge"
+
+
+def _network_exists(name: str) -> bool:
+    names = sh("docker", "network", "ls", "--format", "{{.Name}}").split()
+    return name in names
 
 
 async def _engine(
