@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 # The process and port helpers have one home, lbproxy_tools.launcher; the bench scripts
 # import them from here under their bench names.
 from lbproxy_tools.launcher import (  # noqa: E402
+    checkout_revision,
     clean_env,
     die_with_parent,
     serve_command,
@@ -276,22 +277,7 @@ def lbproxy_env() -> dict[str, str]:
 
 def lbproxy_revision() -> str:
     """Commit of the measured tree (+ "-dirty" when lbproxy/ or server_app/ have edits)."""
-    src = lbproxy_src()
-    label = os.environ.get("BENCH_LBPROXY_REV", "")
-    if label:
-        return label
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(src), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--", "lbproxy", "server_app"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+    return os.environ.get("BENCH_LBPROXY_REV", "") or checkout_revision(lbproxy_src())
 
 
 # -- the machine ----------------------------------------------------------------------------

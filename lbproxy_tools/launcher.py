@@ -30,6 +30,7 @@ from lbproxy.backends.process import free_loopback_port
 __all__ = [
     "ComposeStack",
     "RunningBalancer",
+    "checkout_revision",
     "clean_env",
     "compose_stack",
     "die_with_parent",
@@ -311,3 +312,21 @@ def docker_engine_answers() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return probe.returncode == 0
+
+
+def checkout_revision(tree: Path) -> str:
+    """``tree``'s commit, + "-dirty" with edits under lbproxy/ or server_app/ (what a
+    measurement ran), or "unknown" outside a git checkout. Recorded by the bench and the
+    analysis next to their figures."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(tree), "status", "--porcelain", "--", "lbproxy", "server_app"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")

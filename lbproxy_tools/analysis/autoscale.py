@@ -23,7 +23,6 @@ import contextlib
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from typing import Any
 
 import aiohttp
 
+from lbproxy_tools.launcher import checkout_revision
 from lbproxy_tools.loadtest import LoadResult, Profile, make_ids, run_load, schedule_of
 
 #: The replica model: 100 ms per request, 4 at once -> 40 req/s per replica at most.
@@ -320,21 +320,8 @@ async def cold_starts(repeats: int) -> list[dict[str, float]]:
     return out
 
 
-def _revision() -> str:
-    """The checkout's commit (+ "-dirty" with edits under lbproxy/ or server_app/), if any."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--", "lbproxy", "server_app"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+#: The checkout this module runs from: its commit is recorded next to the figures.
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def scenarios() -> list[tuple[str, int, list[str]]]:
@@ -351,7 +338,7 @@ async def run_a5(opts: Options) -> A5:
     prof = opts.profile()
     results: dict[str, Any] = {
         "command": opts.command,
-        "revision": _revision(),
+        "revision": checkout_revision(CHECKOUT),
         "started": time.time(),
         "machine": {
             "cpus": os.cpu_count(),
