@@ -175,9 +175,7 @@ class Frontend:
         self.trusted = forwarded.parse_networks(config.trusted_proxies)
         self.scheme = b"http"
         self.loop = asyncio.get_running_loop()
-        self.upstreams = UpstreamPool(
-            idle_timeout=config.upstream_idle_timeout, clock=self.loop.time
-        )
+        self.upstreams = UpstreamPool(idle_timeout=config.upstream_idle_timeout, loop=self.loop)
         stats.upstreams = self.upstreams
         self.clients: set[ClientConnection] = set()
         self.in_flight = 0

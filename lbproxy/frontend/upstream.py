@@ -250,11 +250,11 @@ class UpstreamPool:
         self,
         max_idle_per_key: int = 256,
         idle_timeout: float = 0.0,
-        clock: Callable[[], float] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        #: The event loop's clock (``loop.time``). Given once: ``asyncio.get_running_loop()``
+        #: The loop, taken once (default: the running one): ``asyncio.get_running_loop()``
         #: costs a getpid() syscall on Python 3.11, and ``put`` runs once per request.
-        self._clock = clock
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._hosts: dict[str, Host] = {}
         self._open: set[UpstreamConnection] = set()
         self._addr: dict[str, tuple[str, int] | str] = {}
@@ -305,7 +305,7 @@ class UpstreamPool:
         return None
 
     def enqueue(self, host: Host, waiter: Waiter) -> None:
-        waiter.queued_at = asyncio.get_running_loop().time()
+        waiter.queued_at = self._loop.time()
         host.waiters.append(waiter)
         host.queued_total += 1
         self.queued += 1
@@ -375,7 +375,7 @@ class UpstreamPool:
         """
         conn.reused = True
         if conn.host.waiters:
-            asyncio.get_running_loop().call_soon(self._grant, conn)
+            self._loop.call_soon(self._grant, conn)
             return
         self._idle(conn)
 
@@ -397,8 +397,7 @@ class UpstreamPool:
             conn.close()
             return
         if self.idle_timeout:
-            clock = self._clock
-            conn.idle_since = clock() if clock is not None else asyncio.get_running_loop().time()
+            conn.idle_since = self._loop.time()
         idle.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
@@ -483,7 +482,7 @@ class UpstreamPool:
         """A new connection to ``key`` ("http://host:port" or "unix:/path"); ``counted``:
         it holds a slot reserved by ``acquire`` (the caller calls ``connect_failed`` if
         this raises)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         addr = self._address(key)
 
         def factory() -> UpstreamConnection:
