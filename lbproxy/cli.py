@@ -213,20 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Commands served by the separate ``lbproxy_tools`` package (``pip install 'lbproxy[tools]'``):
-#: the balancer and its image ship without the load client, the analysis and matplotlib.
+#: Commands served by the separate ``lbproxy_tools`` package (``pip install ./tools`` from a
+#: checkout): the balancer and its image ship without the load client, the analysis and
+#: matplotlib. There is no ``lbproxy[tools]`` extra (pyproject.toml says why).
 TOOL_COMMANDS = {"loadtest": "lbproxy_tools.loadtest", "analyze": "lbproxy_tools.analysis"}
 
 
 def _add_missing_tool(sub: Any, command: str) -> None:
     """A stand-in that takes any arguments and says in one sentence what to install."""
-    p = sub.add_parser(command, help="(needs lbproxy[tools])", add_help=False, prefix_chars="\0")
+    p = sub.add_parser(command, help="(needs lbproxy-tools)", add_help=False, prefix_chars="\0")
     p.add_argument("rest", nargs="*")
 
     def missing(_args: argparse.Namespace) -> int:
         print(
             f"lbproxy {command}: the tools are not installed; "
-            "run pip install 'lbproxy[tools]' (in a checkout: pip install ./tools) to get them.",
+            "in a checkout of lbproxy, run pip install ./tools (or make install) to get them.",
             file=sys.stderr,
         )
         return 2

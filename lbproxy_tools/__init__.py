@@ -1,4 +1,4 @@
-"""Tooling around the balancer, shipped apart from it (``pip install 'lbproxy[tools]'``).
+"""Tooling around the balancer, shipped apart from it (``pip install ./tools`` from a checkout).
 
 ``loadtest`` (``lbproxy loadtest``, the one load engine), ``analysis`` (``lbproxy analyze``)
 and ``launcher`` (start a real ``lbproxy serve`` or the Compose stack; process and port

@@ -13,9 +13,11 @@
 # tqdm, jinja2): no image installs it. The balancer image carries only the balancer (issue
 # 13), and a load client belongs outside the container it measures: a Compose user runs
 # `lbproxy loadtest --url http://127.0.0.1:$LBPROXY_HOST_PORT` on the host
-# (`pip install 'lbproxy[tools]'`, or `pip install wheels/lbproxy_tools-*.whl` with an index
-# for its dependencies). Both wheels are checked: same version as the `tools` extra pins,
-# lbproxy's without lbproxy_tools, lbproxy-tools' with its report templates (package data).
+# (`pip install . ./tools` from the checkout, or `pip install wheels/lbproxy-*.whl
+# wheels/lbproxy_tools-*.whl` with an index for its dependencies: both of ours from local
+# files, since neither name is ours on a public index and lbproxy has no `tools` extra).
+# Both wheels are checked: one version, lbproxy's without lbproxy_tools and without any
+# requirement on lbproxy-tools, lbproxy-tools' with its report templates (package data).
 set -euo pipefail
 
 ROOT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

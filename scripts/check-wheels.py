@@ -3,7 +3,9 @@
     python scripts/check-wheels.py wheels pyproject.toml
 
 - exactly one lbproxy and one lbproxy-tools wheel;
-- lbproxy-tools' version is the one lbproxy's `tools` extra pins, and it requires lbproxy;
+- both have the version pyproject.toml gives lbproxy, and lbproxy-tools requires lbproxy;
+- lbproxy requires no lbproxy-tools, under any extra (no public index holds that name for
+  us: a requirement on it would be resolved there, dependency confusion);
 - the lbproxy wheel holds lbproxy/ and server_app/ (with the dashboard's static files) and
   no lbproxy_tools (the balancer ships alone, issue 13);
 - the lbproxy-tools wheel holds every module and every report template of lbproxy_tools/
@@ -37,15 +39,16 @@ def check(wheels: Path, pyproject: Path) -> list[str]:
             problems.append(f"{len(paths)} {dist} wheels in {wheels}: {[p.name for p in paths]}")
     if problems:
         return problems
-    pins = [
-        d
-        for d in tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]["tools"]
-        if d.startswith("lbproxy-tools")
-    ]
-    want = re.sub(r"^lbproxy-tools\s*==\s*", "", pins[0]) if pins else None
+    want = tomllib.loads(pyproject.read_text())["project"]["version"]
 
     with zipfile.ZipFile(found["lbproxy"][0]) as lb:
         names = lb.namelist()
+        meta = _metadata(lb)
+        if meta["Version"] != [want]:
+            problems.append(f"the lbproxy wheel is {meta['Version']}, pyproject.toml says {want}")
+        confusable = [r for r in meta["Requires-Dist"] if re.match(r"lbproxy[-_.]tools\b", r, re.I)]
+        if confusable:
+            problems.append(f"the lbproxy wheel requires {confusable}: install ./tools instead")
         if not any(n.startswith("lbproxy/") for n in names):
             problems.append("the lbproxy wheel has no lbproxy/ package")
         if not any(n.startswith("server_app/") for n in names):
@@ -60,8 +63,8 @@ def check(wheels: Path, pyproject: Path) -> list[str]:
         names = set(tools.namelist())
         meta = _metadata(tools)
         version = meta["Version"][0] if meta["Version"] else "?"
-        if want is not None and version != want:
-            problems.append(f"lbproxy-tools is {version}, lbproxy's tools extra pins {want}")
+        if version != want:
+            problems.append(f"lbproxy-tools is {version}, lbproxy is {want}")
         if not any(re.match(r"lbproxy\b(?![-_])", r) for r in meta["Requires-Dist"]):
             problems.append("lbproxy-tools does not require lbproxy")
         source = root / "lbproxy_tools"

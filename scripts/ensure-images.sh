@@ -93,7 +93,8 @@ docker run --rm --entrypoint python lbproxy-lb:latest -c 'import lbproxy, aiohtt
     || die "lbproxy-lb:latest cannot import its packages"
 # The balancer image carries only the balancer (issue 13): no load client, no analysis, no
 # matplotlib. (lbproxy-tools is built into wheels/ by build-wheels.sh and installed on the
-# host, `pip install 'lbproxy[tools]'`; `lbproxy loadtest` then drives the published port.)
+# host from the checkout, `pip install . ./tools`; `lbproxy loadtest` then drives the published
+# port.)
 docker run --rm --entrypoint python lbproxy-lb:latest -c '
 import importlib.util, sys
 found = [m for m in ("lbproxy_tools", "matplotlib", "tqdm", "jinja2") if importlib.util.find_spec(m)]

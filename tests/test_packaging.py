@@ -1,12 +1,13 @@
 """The balancer ships alone: ``pip install lbproxy`` and its image carry no tooling.
 
 The load client, ``lbproxy analyze`` and the launch helpers live in ``lbproxy_tools``
-(the ``lbproxy-tools`` distribution, ``pip install 'lbproxy[tools]'``).
+(the ``lbproxy-tools`` distribution, ``pip install ./tools`` from a checkout).
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -59,7 +60,8 @@ def test_a_tool_command_without_the_tools_says_what_to_install(
         main([command, "--url", "http://127.0.0.1:9", "--help"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "pip install 'lbproxy[tools]'" in err
+    assert err.count("\n") == 0 and "pip install ./tools" in err
+    assert "lbproxy[tools]" not in err  # no such extra: it would resolve from an index
 
 
 def test_tests_and_benches_take_process_helpers_from_the_tools() -> None:
@@ -95,7 +97,29 @@ def test_the_tools_distribution_ships_every_package_and_template() -> None:
             unshipped.append(str(path.relative_to(ROOT)))
     assert unshipped == []
     assert any(p.suffix == ".j2" for p in source.rglob("*")), "the report templates moved?"
-    # The `tools` extra pins the version the sibling distribution has.
+    # The two distributions are released together: one version.
     lbproxy = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pin = f"lbproxy-tools=={tools['project']['version']}"
-    assert pin in lbproxy["project"]["optional-dependencies"]["tools"]
+    assert tools["project"]["version"] == lbproxy["project"]["version"]
+
+
+def _requirement_name(requirement: str) -> str:
+    """The normalised project name of a PEP 508 requirement (PEP 503 normalisation)."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert name, requirement
+    return re.sub(r"[-_.]+", "-", name.group(1)).lower()
+
+
+def test_no_requirement_names_a_distribution_only_this_checkout_builds() -> None:
+    """Dependency confusion: a requirement on lbproxy-tools, a name no public index holds for
+    us, would be resolved from whatever index pip is configured with, so anyone who
+    registered that name there would have their code installed by `pip install lbproxy[...]`.
+    The tools are installed from the checkout (`pip install ./tools`, `make install`)
+    instead; lbproxy's own extras may name lbproxy itself (resolved to the project being
+    installed), nothing else of ours."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(config["dependencies"])
+    for extra in config.get("optional-dependencies", {}).values():
+        requirements += extra
+    ours = {"lbproxy-tools"}
+    offenders = [r for r in requirements if _requirement_name(r) in ours]
+    assert offenders == []
