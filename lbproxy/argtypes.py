@@ -82,6 +82,13 @@ def autoscale_bounds(text: str) -> tuple[int, int]:
     return _sentence(text, parse_bounds)  # type: ignore[no-any-return]
 
 
+def pool_name(text: str) -> str:
+    """``--pool``: a name the socket proxy matches exactly (backends/base.py says why)."""
+    from lbproxy.backends.base import check_pool_name
+
+    return str(_sentence(text, check_pool_name))
+
+
 def boolean(text: str) -> bool:
     """On/off switches that also come from the environment (``LBPROXY_X=1``)."""
     value = text.strip().lower()

@@ -224,7 +224,12 @@ class DockerConfig:
     pool: str = setting(
         "lbproxy",
         "--pool",
-        "pool name labelled on the containers and services (docker and swarm backends)",
+        "pool name labelled on the containers and services and prefixing their names "
+        "(docker and swarm backends): 1-32 letters, digits and '-'",
+        parse=argtypes.pool_name,
+        doc="pool name labelled on the containers and services and prefixing their names "
+        "(docker and swarm backends): 1-32 letters, digits and `-`, starting with a letter or "
+        "digit (the socket proxy matches the prefix by pattern; docs/swarm.md)",
     )
     #: The port the replica listens on inside its container.
     replica_port: int = setting(
@@ -675,11 +680,23 @@ def _autoscale_check(config: Config) -> str | None:
     return config.autoscale.check()
 
 
+def _pool_check(config: Config) -> str | None:
+    """--pool's parser, for a Config built in code (a test, an embedder)."""
+    from lbproxy.backends.base import check_pool_name
+
+    try:
+        check_pool_name(config.docker.pool)
+    except ValueError as exc:
+        return f"--pool {exc}"
+    return None
+
+
 #: Checks across fields, in order; each returns one sentence or None.
 CROSS_CHECKS: tuple[Callable[[Config], str | None], ...] = (
     _tls_check,
     _admin_port_check,
     _autoscale_check,
+    _pool_check,
     _ring_check,
 )
 

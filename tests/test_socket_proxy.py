@@ -234,3 +234,14 @@ async def test_a_privileged_service_is_refused(api: Any) -> None:
 )
 async def test_calls_the_balancer_never_makes_are_refused(api: Any, method: str, path: str) -> None:
     assert await api(method, path) == 403
+
+
+@pytest.mark.parametrize("pool", [".*", "a_b", "x|y", "", 'a"b'])
+def test_the_image_refuses_a_pool_name_that_would_widen_its_patterns(pool: str) -> None:
+    """LBPROXY_POOL is pasted into haproxy.cfg's patterns; `lbproxy serve` refuses such a
+    --pool (tests/test_pool_name.py), and so does the proxy's entrypoint, before HAProxy."""
+    if not _image_present():
+        pytest.skip(f"{IMAGE} not built (scripts/ensure-images.sh)")
+    run = _docker("run", "--rm", "--network", "none", "-e", f"LBPROXY_POOL={pool}", IMAGE)
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert "cannot name a pool" in run.stderr

@@ -53,6 +53,27 @@ class BackendEvent:
 #: Called by the backend from the event loop whenever a replica incarnation dies.
 DeathCallback = Callable[[BackendEvent], None]
 
+#: A pool name: it prefixes the pool's container and service names (``<pool>_<hostname>``)
+#: and ring-id configs (``<pool>-ring-<id>``), and the socket proxy (socket-proxy/haproxy.cfg)
+#: pastes it into the regular expressions that say which names the balancer may change. No
+#: regex metacharacter (it would widen those patterns), no '_' (the first '_' must end the
+#: pool, or pool ``a`` would reach pool ``a_b``'s names), no character the proxy's patterns
+#: refuse; at most 32 characters, which leaves 30 for a hostname in a Swarm service name.
+POOL_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,31}\Z")
+
+
+def check_pool_name(pool: str) -> str:
+    """``pool`` if the socket proxy can match exactly its names, else ValueError (a sentence)."""
+    if not POOL_NAME.match(pool):
+        raise ValueError(
+            f"{pool!r} cannot name a pool: use 1-32 letters, digits and '-', starting with a "
+            "letter or digit (it prefixes the pool's container and service names, and the "
+            "socket proxy matches that prefix by pattern: '_', '.' or other characters would "
+            "let it reach other pools' objects or refuse the pool's own)"
+        )
+    return pool
+
+
 # RFC 1123 host label characters; Docker container names allow the same plus '_' and '.'.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
