@@ -107,6 +107,16 @@ class _CrashAfterWriting(MaglevFamily):
     def build(self, members: Mapping[str, int], weights: Mapping[str, int] | None = None) -> Ring:
         return _Crashing(super().build(members, weights))  # type: ignore[return-value]
 
+    def build_with_state(
+        self,
+        previous: object,
+        members: Mapping[str, int],
+        weights: Mapping[str, int] | None = None,
+    ) -> tuple[Ring, object]:
+        """The worker's entry point (it keeps the state between builds): crashes the same."""
+        ring, state = super().build_with_state(previous, members, weights)
+        return _Crashing(ring), state  # type: ignore[return-value]
+
 
 class _Crashing:
     def __init__(self, ring: Ring) -> None:

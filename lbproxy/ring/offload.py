@@ -12,6 +12,11 @@ the arrays in place, so taking a ring in costs the loop a few system calls, not 
 20 ms at N = 1000.) Other rings, and any ring when the segment cannot be written, come back
 pickled.
 
+The worker remembers the last rank-order Maglev table it built (per table size): every
+entry's owner, runner-up and their ranks, so the next build, usually one member more or
+less, is derived from it in a pass or two over the table instead of a full build
+(``lbproxy.ring.rankstate``). A new worker starts with nothing remembered: a full build.
+
 The worker is started on first use with the ``spawn`` method (no copy of the balancer's
 threads or sockets), is shared by every pool in the process (a balancer has one; a test
 session has many, and the worker keeps its per-table-size rank tables between them), dies
@@ -84,7 +89,7 @@ def build_shared(
 ) -> Any:
     """The worker's entry point: the ring, its arrays in shared-memory ``segment`` when the
     ring can share them (a descriptor with ``attach``), else the ring itself (pickled)."""
-    ring = build_ring(family, members, weights)
+    ring = _build_remembering(family, members, weights)
     share = getattr(ring, "share", None)
     if share is None:
         return ring
@@ -92,6 +97,33 @@ def build_shared(
         return share(segment)
     except OSError:  # a full /dev/shm (Docker's is 64 MiB): the pipe still works
         return ring
+
+
+#: In the worker: the state each family configuration's last build left (a rank-order
+#: Maglev table's owners, runner-ups and their ranks, ``lbproxy.ring.rankstate``), from which
+#: the next build of that configuration is derived when that is cheaper. Lost with the
+#: worker (the next build is then a full one).
+_states: dict[Any, Any] = {}
+#: States kept (a balancer has one family; a test session's worker serves many).
+_MAX_STATES = 2
+
+
+def _build_remembering(
+    family: RingFamily, members: Mapping[str, int], weights: Mapping[str, int] | None
+) -> Ring:
+    """``build_ring``, through the family's ``build_with_state`` where it has one."""
+    build = getattr(family, "build_with_state", None)
+    key = getattr(family, "state_key", None)
+    if build is None or key is None:
+        return build_ring(family, members, weights)
+    previous = _states.pop(key, None)  # consumed: a failed derivation leaves nothing stale
+    ring, state = build(previous, members, weights)
+    if state is not None:
+        _states[key] = state
+        while len(_states) > _MAX_STATES:
+            del _states[next(iter(_states))]
+    built: Ring = ring
+    return built
 
 
 class _Segment:
