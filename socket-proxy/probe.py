@@ -57,6 +57,11 @@ print(
                 "/services/create",
                 service(Mounts=[{"Type": "bind", "Source": "/", "Target": "/host"}]),
             ),
+            "service named outside the pool": status(
+                "POST",
+                "/services/create",
+                {**service(), "Name": "lbproxy-probe-foreign"},
+            ),
             "unlabelled service": status(
                 "POST",
                 "/services/create",

@@ -31,17 +31,25 @@ GOOD = ["lbproxy", "socket-proxy-test", "pool1", "A-1", "lbpswarm", "x" * 32]
 
 
 def _pool_patterns(pool: str) -> list[re.Pattern[str]]:
-    """The proxy's name patterns with ``pool`` pasted in, as HAProxy expands the variable."""
+    """The proxy's name patterns (paths, query and bodies) with ``pool`` pasted in, as
+    HAProxy expands the variable, in Python's spelling (``\\"`` is a quote in HAProxy's
+    double quotes; ``[[:space:]]`` is PCRE's ``\\s``)."""
     patterns = []
     for line in HAPROXY_CFG.read_text().splitlines():
         if "${LBPROXY_POOL}" not in line or line.lstrip().startswith("#"):
             continue
-        # acl NAME FETCH -m reg "^...${LBPROXY_POOL}..."$  (the '$' outside the quotes)
-        quoted = re.search(r'"(\^[^"]*)"(\$?)', line)
+        # acl NAME FETCH -m reg "^...${LBPROXY_POOL}..."$  (a '$' outside the quotes)
+        quoted = re.search(r'-m reg "(.*)"(\$?)\s*$', line)
         assert quoted, line
-        patterns.append(re.compile(quoted.group(1).replace("${LBPROXY_POOL}", pool) + "$"))
-    assert len(patterns) >= 5, "haproxy.cfg's pool patterns moved?"
+        text = quoted.group(1).replace('\\"', '"').replace("[[:space:]]", r"\s")
+        text = text.replace("${LBPROXY_POOL}", pool) + quoted.group(2)
+        patterns.append(re.compile(text))
+    assert len(patterns) >= 7, "haproxy.cfg's pool patterns moved?"
     return patterns
+
+
+def _reaches(patterns: list[re.Pattern[str]], subject: str) -> bool:
+    return any(p.search(subject) for p in patterns)
 
 
 @pytest.mark.parametrize("pool", BAD)
@@ -79,9 +87,11 @@ def test_pool_names_the_proxy_matches_exactly_are_accepted(pool: str) -> None:
 
 def test_a_widening_name_would_really_reach_another_pools_objects() -> None:
     """Why the rule: pasted into the proxy's patterns, these names match foreign objects."""
-    assert any(p.match("/containers/victim_db/stop") for p in _pool_patterns(".*"))
-    assert any(p.match("/containers/a_b_c1/stop") for p in _pool_patterns("a"))
-    assert any(p.match("/services/axb_c1") for p in _pool_patterns("a.b"))
+    assert _reaches(_pool_patterns(".*"), "/containers/victim_db/stop")
+    assert _reaches(_pool_patterns(".*"), '{"Name": "victim_db", "Labels": {}}')
+    assert _reaches(_pool_patterns("a"), "/containers/a_b_c1/stop")
+    assert _reaches(_pool_patterns("a"), '{"Name": "a_b_c1", "Labels": {}}')
+    assert _reaches(_pool_patterns("a.b"), "/services/axb_c1")
 
 
 _pool = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9-]{0,31}\Z")
@@ -98,13 +108,18 @@ def test_an_accepted_pool_never_reaches_another_accepted_pools_names(
     Config(docker=DockerConfig(pool=theirs)).validate()
     if mine == theirs:
         return
-    paths = [
+    subjects = [
         f"/containers/{theirs}_{host}/stop",
         f"/containers/{theirs}_{host}",
         f"/services/{theirs}_{host}",
         f"/services/{theirs}_{host}/update",
         f"/configs/{theirs}-ring-7",
+        f'{{"Name": "{theirs}_{host}", "Labels": {{}}}}',  # a service creation's body
+        f'{{"Name": "{theirs}-ring-7", "Labels": {{}}}}',  # a ring claim's
     ]
-    for pattern in _pool_patterns(mine):
-        for path in paths:
-            assert not pattern.match(path), (pattern.pattern, path)
+    patterns = _pool_patterns(mine)
+    for subject in subjects:
+        assert not _reaches(patterns, subject), subject
+    # (and the patterns do match the pool's own names: the property is not vacuous)
+    assert _reaches(patterns, f'{{"Name": "{mine}_{host}", "Labels": {{}}}}')
+    assert _reaches(patterns, f"/containers/{mine}_{host}/stop")

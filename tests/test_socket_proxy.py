@@ -10,6 +10,7 @@ volumes, the swarm itself. Needs `docker info`.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -21,6 +22,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lbproxy.backends.swarm import SwarmBackend
+from lbproxy.config import Config, DockerConfig
 from lbproxy_tools.launcher import docker_engine_answers, free_loopback_port
 
 pytestmark = pytest.mark.docker
@@ -118,9 +121,17 @@ def proxy() -> Iterator[str]:
 async def api(proxy: str) -> AsyncIterator[Any]:
     async with aiohttp.ClientSession() as session:
 
-        async def call(method: str, path: str, body: Any = None) -> int:
-            async with session.request(method, proxy + path, json=body) as resp:
+        async def call(method: str, path: str, body: Any = None, *, raw: str = "") -> int:
+            """``body`` as JSON, or ``raw`` as it is (JSON that json.dumps cannot write)."""
+            sent: dict[str, Any] = {"json": body}
+            if raw:
+                sent = {"data": raw.encode(), "headers": {"Content-Type": "application/json"}}
+            async with session.request(method, proxy + path, **sent) as resp:
                 await resp.read()
+                if resp.status == 201 and path in ("/services/create", "/configs/create"):
+                    # a swarm was active: remove what was made (by ID, past the proxy)
+                    kind = path.split("/")[1].removesuffix("s")
+                    _docker(kind, "rm", (await resp.json(content_type=None))["ID"])
                 return resp.status
 
         yield call
@@ -217,6 +228,64 @@ async def test_a_privileged_service_is_refused(api: Any) -> None:
         },
     }
     assert await api("POST", "/services/create", spec) == 403
+
+
+def _service_body(*members: str) -> str:
+    """A service creation body with its members in the order given (raw JSON text)."""
+    return "{" + ", ".join(members) + "}"
+
+
+_LABELS = '"Labels": ' + json.dumps(POOL)
+_TASK = '"TaskTemplate": {"ContainerSpec": {"Image": "lbproxy-server:latest"}}'
+
+
+async def test_the_balancers_service_and_ring_claim_creations_pass(api: Any) -> None:
+    """The exact bodies the Swarm backend sends get past the proxy (without a swarm the
+    engine then answers 503, "not a swarm manager"; with one, 201)."""
+    backend = SwarmBackend(Config(backend="swarm", docker=DockerConfig(pool=POOL_NAME)))
+    body = backend.create_body("c1", 1)
+    assert await api("POST", "/services/create", raw=body) in (201, 503)
+    claim = backend.claim_body(1, "c1")
+    assert await api("POST", "/configs/create", raw=claim) in (201, 503)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _service_body('"Name": "someone-else_c1"', _LABELS, _TASK),
+        _service_body(f'"Name": "{POOL_NAME}-other_c1"', _LABELS, _TASK),
+        _service_body('"Name": "c1"', _LABELS, _TASK),
+        _service_body(_LABELS, _TASK),
+        # the name anywhere but first: the top-level Name cannot be told from a nested one
+        _service_body(_LABELS, _TASK, f'"Name": "{NAME}"'),
+        # the engine's decoder takes the last of duplicate keys, in any letter case
+        _service_body(f'"Name": "{NAME}"', _LABELS, _TASK, '"Name": "someone-else"'),
+        _service_body(f'"Name": "{NAME}"', _LABELS, _TASK, '"nAME": "someone-else"'),
+        _service_body(f'"Name": "{NAME}"', _LABELS, '"LogDriver": {"Name": "x"}, "name": "y"'),
+    ],
+    ids=[
+        "foreign-name",
+        "other-pool-sharing-the-prefix",
+        "bare-hostname",
+        "no-name",
+        "name-last",
+        "duplicate-name",
+        "duplicate-name-other-case",
+        "duplicate-after-log-driver",
+    ],
+)
+async def test_a_service_named_outside_the_pool_is_refused(api: Any, body: str) -> None:
+    assert await api("POST", "/services/create", raw=body) == 403
+
+
+@pytest.mark.parametrize(
+    "name", ["someone-else", f"{POOL_NAME}-ring-x", f"{POOL_NAME}_c1", f"{POOL_NAME}-ring-1x"]
+)
+async def test_a_config_named_outside_the_pools_ring_claims_is_refused(
+    api: Any, name: str
+) -> None:
+    body = _service_body(f'"Name": "{name}"', _LABELS, '"Data": "eA=="')
+    assert await api("POST", "/configs/create", raw=body) == 403
 
 
 @pytest.mark.parametrize(

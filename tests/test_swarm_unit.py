@@ -7,6 +7,9 @@ real swarm in test_swarm_e2e.py; these pin what the balancer asks the engine for
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import re
 
 import pytest
 
@@ -40,29 +43,45 @@ def test_names_must_make_valid_service_names() -> None:
 def test_service_spec_carries_labels_limits_and_placement() -> None:
     backend = _backend(network="net1", constraints=("node.role==worker",), stack="st")
     spec = backend._service_spec("S5", 7)
-    assert spec["name"] == "pool1_S5"
-    labels = spec["labels"]
+    assert spec["Name"] == "pool1_S5"
+    labels = spec["Labels"]
     assert labels["lbproxy.replica"] == "S5" and labels["lbproxy.ring-id"] == "7"
     assert labels[LABEL_STACK] == "st"
-    template = spec["task_template"]
+    template = spec["TaskTemplate"]
     container = template["ContainerSpec"]
-    assert container["Hostname"] == "S5" and container["Env"]["SERVER_ID"] == "S5"
+    assert container["Hostname"] == "S5" and "SERVER_ID=S5" in container["Env"]
     # task containers are recognisable in die events; the weight is the service's alone,
     # so that changing it restarts no task
     assert container["Labels"] == {k: v for k, v in labels.items() if k != "lbproxy.weight"}
     assert labels["lbproxy.weight"] == "1"
-    assert backend._service_spec("S6", 8, weight=4)["labels"]["lbproxy.weight"] == "4"
+    assert backend._service_spec("S6", 8, weight=4)["Labels"]["lbproxy.weight"] == "4"
     assert template["Resources"]["Limits"]["MemoryBytes"] == 64 * 1024 * 1024
     assert template["Resources"]["Limits"]["NanoCPUs"] == 250_000_000
     assert template["Placement"]["Constraints"] == ["node.role==worker"]
     assert template["Networks"] == [{"Target": "net1", "Aliases": ["S5"]}]
     assert template["RestartPolicy"]["Condition"] == "any"
-    assert spec["mode"] == {"Replicated": {"Replicas": 1}}
-    assert spec["endpoint_spec"] == {"Mode": "dnsrr"}
+    assert spec["Mode"] == {"Replicated": {"Replicas": 1}}
+    assert spec["EndpointSpec"] == {"Mode": "dnsrr"}
 
 
 def test_no_stack_label_without_a_stack() -> None:
-    assert LABEL_STACK not in _backend()._service_spec("S1", 1)["labels"]
+    assert LABEL_STACK not in _backend()._service_spec("S1", 1)["Labels"]
+
+
+def test_creation_bodies_name_the_object_first_and_once() -> None:
+    """What the socket proxy checks (haproxy.cfg, tests/test_socket_proxy.py): the body
+    starts with the pool's Name, and no other "name" key (any case) follows but the log
+    driver's, so no nested or duplicate key can be what the engine takes as the name."""
+    backend = _backend()
+    service = backend.create_body("S5", 7, weight=2)
+    assert service.startswith('{"Name": "pool1_S5", ')
+    others = [m.start() for m in re.finditer(r'(?i)"name"\s*:', service)][1:]
+    assert [service[i - len('"LogDriver": {') : i] for i in others] == ['"LogDriver": {']
+    assert json.loads(service)["Labels"]["lbproxy.weight"] == "2"
+    claim = backend.claim_body(7, "S5")
+    assert claim.startswith('{"Name": "pool1-ring-7", ')
+    assert len(re.findall(r'(?i)"name"\s*:', claim)) == 1
+    assert base64.b64decode(json.loads(claim)["Data"]) == b"S5"
 
 
 def test_engine_timestamps_keep_their_order_whatever_the_digits() -> None:

@@ -27,6 +27,7 @@ label update that restarts nothing, and every balancer (and a restarted one) rea
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -308,10 +309,8 @@ class SwarmBackend(EngineBackend):
     async def claim_ring_id(self, ring_id: int, name: str) -> bool:
         """Hold ``ring_id`` for ``name``; False if another claim holds it (name taken)."""
         try:
-            await self.docker.configs.create(
-                self._claim_name(ring_id),
-                name,
-                labels=self._labels(ROLE_RING_CLAIM, name, ring_id),
+            await self.docker._query_json(
+                "configs/create", method="POST", data=self.claim_body(ring_id, name)
             )
         except aiodocker.DockerError as exc:
             if exc.status == 409:
@@ -320,6 +319,16 @@ class SwarmBackend(EngineBackend):
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"claiming ring id {ring_id}", exc) from exc
         return True
+
+    def claim_body(self, ring_id: int, name: str) -> str:
+        """The ring-id claim's creation body: ``Name`` first, as the socket proxy requires."""
+        return json.dumps(
+            {
+                "Name": self._claim_name(ring_id),
+                "Labels": self._labels(ROLE_RING_CLAIM, name, ring_id),
+                "Data": base64.b64encode(name.encode()).decode(),
+            }
+        )
 
     async def release_ring_id(self, ring_id: int) -> None:
         try:
@@ -331,14 +340,14 @@ class SwarmBackend(EngineBackend):
             raise _engine_error(f"releasing ring id {ring_id}", exc) from exc
 
     def _service_spec(self, name: str, ring_id: int, weight: int = 1) -> dict[str, Any]:
+        """The Engine API's ServiceSpec of a replica, ``Name`` first (see ``create_body``)."""
         dc, sc = self._config.docker, self._config.swarm
         labels = self._labels(ROLE_REPLICA, name, ring_id)
         task_template: dict[str, Any] = {
             "ContainerSpec": {
                 "Image": dc.image,
                 "Hostname": name,
-                # aiodocker turns this mapping into the API's ["K=V"] list.
-                "Env": {"SERVER_ID": name, "PORT": str(dc.replica_port)},
+                "Env": [f"SERVER_ID={name}", f"PORT={dc.replica_port}"],
                 "Labels": labels,
                 # The balancers' heartbeats decide health; the image's HEALTHCHECK would
                 # also hold a new task in "starting" until Docker's own check passes.
@@ -361,25 +370,37 @@ class SwarmBackend(EngineBackend):
             "LogDriver": {"Name": "json-file", "Options": {"max-size": "1m"}},
         }
         return {
-            "task_template": task_template,
-            "name": self.service_name(name),
+            "Name": self.service_name(name),
             # the weight on the service only: changing it then restarts no task
-            "labels": {**labels, LABEL_WEIGHT: str(weight)},
-            "mode": {"Replicated": {"Replicas": 1}},
+            "Labels": {**labels, LABEL_WEIGHT: str(weight)},
+            "TaskTemplate": task_template,
+            "Mode": {"Replicated": {"Replicas": 1}},
             # A forced replacement starts the new task before it stops the hung one.
-            "update_config": {
+            "UpdateConfig": {
                 "Parallelism": 1,
                 "Order": "start-first",
                 "FailureAction": "continue",
             },
             # Tasks are addressed by their own IP: no virtual IP (nor ingress) needed.
-            "endpoint_spec": {"Mode": "dnsrr"},
+            "EndpointSpec": {"Mode": "dnsrr"},
         }
+
+    def create_body(self, name: str, ring_id: int, weight: int = 1) -> str:
+        """The service creation body, as the socket proxy (socket-proxy/haproxy.cfg) checks it.
+
+        A service's name is in the body, where the proxy cannot tell a top-level ``Name``
+        from a nested one: so it must come first (``{"Name": "<pool>_...", ...}``, which
+        aiodocker's ``services.create`` does not do), and no other ``Name`` key may follow
+        but the log driver's (the engine's decoder keeps the last of duplicate keys).
+        """
+        return json.dumps(self._service_spec(name, ring_id, weight))
 
     async def create_service(self, name: str, ring_id: int, weight: int = 1) -> str:
         """Create the replica service; ``Conflict`` if a service of that name exists."""
         try:
-            created = await self.docker.services.create(**self._service_spec(name, ring_id, weight))
+            created = await self.docker._query_json(
+                "services/create", method="POST", data=self.create_body(name, ring_id, weight)
+            )
         except aiodocker.DockerError as exc:
             if exc.status == 409:
                 raise Conflict(f"a Swarm service named {self.service_name(name)!r} exists") from exc
