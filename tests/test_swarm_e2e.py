@@ -29,7 +29,8 @@ import aiohttp
 import pytest
 
 from lbproxy_tools.launcher import docker_engine_answers, free_loopback_port
-from lbproxy_tools.loadtest import LoadResult, make_ids, run_load
+from lbproxy_tools.loadtest import LoadResult, Meter, make_ids, run_load
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -237,11 +238,24 @@ async def _route(session: aiohttp.ClientSession, url: str, ids: list[int]) -> li
     return answers
 
 
-async def _load_until(stop: asyncio.Event, url: str, *, concurrency: int) -> LoadResult:
-    """Steady GET /home with random ids (the one load engine) until ``stop`` is set."""
+async def _load_until(
+    stop: asyncio.Event, url: str, *, concurrency: int, meter: Meter | None = None
+) -> LoadResult:
+    """Steady GET /home with random ids (the one load engine) until ``stop`` is set;
+    ``meter`` counts answers as they come (wait on it, not on the clock)."""
     return await run_load(
-        url, requests=10**6, concurrency=concurrency, ids=make_ids("random", 1000, 7), stop=stop
+        url,
+        requests=10**6,
+        concurrency=concurrency,
+        ids=make_ids("random", 1000, 7),
+        stop=stop,
+        meter=meter,
     )
+
+
+def _answered(meter: Meter) -> int:
+    """Requests answered with a 2xx so far (``done`` also counts the failed)."""
+    return meter.done - meter.failed
 
 
 async def test_two_balancers_hold_the_same_pool_and_route_identically(deployed: Deployed) -> None:
@@ -509,16 +523,23 @@ async def test_killed_balancer_is_restarted_and_adopts(deployed: Deployed) -> No
     async with aiohttp.ClientSession() as s:
         weights = {n: w for n, (w, _) in (await _weights(s, b)).items()}
         stop = asyncio.Event()
-        load_b = asyncio.create_task(_load_until(stop, b, concurrency=4))
-        load_a = asyncio.create_task(_load_until(stop, a, concurrency=4))
+        meter_a, meter_b = Meter(), Meter()
+        load_b = asyncio.create_task(_load_until(stop, b, concurrency=4, meter=meter_b))
+        load_a = asyncio.create_task(_load_until(stop, a, concurrency=4, meter=meter_a))
         try:
-            await asyncio.sleep(0.5)
+            # both loads flow before the kill
+            await wait_for(lambda: _answered(meter_a) >= 50 and _answered(meter_b) >= 50, 30)
             container = _task_container(deployed.a)
             killed = time.monotonic()
             sh("docker", "kill", container)
             await _wait_rep(s, a, 3, timeout=60)
             restarted = time.monotonic() - killed
-            await asyncio.sleep(0.5)
+            # B's clients are still served after A's restart, and A's are served again
+            a_back, b_back = _answered(meter_a), _answered(meter_b)
+            await wait_for(
+                lambda: _answered(meter_a) >= a_back + 50 and _answered(meter_b) >= b_back + 50,
+                30,
+            )
         finally:
             stop.set()
             seen_b, seen_a = (await load_b).errors, (await load_a).errors
