@@ -87,7 +87,7 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     monitor = HealthMonitor(pool, health_session, config.health, reconciler.on_heartbeat_down)
     balancer = Balancer(config, pool, backend, health_session, reconciler, monitor, ProxyStats())
     if config.autoscale.enabled:
-        balancer.autoscaler = Autoscaler(config.autoscale, pool, reconciler)
+        balancer.autoscaler = Autoscaler(config.autoscale, pool, reconciler, answers=balancer.stats)
 
     app = web.Application(client_max_size=64 * 1024)
     app[BALANCER] = balancer

@@ -69,6 +69,13 @@ async def test_load_scales_the_pool_up_and_back_down_without_a_failure(
     # 8 in flight at a target of 2 per replica: 4 replicas, MAX.
     await wait_for(lambda: len(pool) == 4 and ready(lb) == 4, timeout=20)
     assert any("desired=4" in d for d in autoscale_events(lb))
+    # The decisions see the arrivals and the service time (each request sleeps 50 ms).
+    autoscaler = lb.balancer.autoscaler
+    assert autoscaler is not None
+    await wait_for(lambda: autoscaler.last is not None and autoscaler.last.service is not None)
+    assert autoscaler.last is not None and autoscaler.last.service is not None
+    assert autoscaler.last.service >= 0.05
+    assert autoscaler.last.rate is not None and autoscaler.last.rate > 0
     stop.set()
     statuses = await running
     await wait_for(lambda: len(pool) == 1, timeout=20)
@@ -168,6 +175,8 @@ async def test_decisions_are_metrics(lb: BalancerUnderTest) -> None:
     assert "lbproxy_autoscale_bounds_max 4.0" in text
     assert 'lbproxy_autoscale_observed_concurrency{window="stable"}' in text
     assert 'lbproxy_autoscale_changes_total{direction="up"} 0.0' in text
+    assert "lbproxy_autoscale_arrival_rate " in text
+    assert "lbproxy_autoscale_service_seconds " in text
 
 
 async def test_off_by_default(lb: BalancerUnderTest) -> None:

@@ -7,10 +7,13 @@ and a decision every tick, and the pool it drives follows its decisions at once.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import random
+import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -371,3 +374,45 @@ def test_a_plateau_after_a_ramp_never_reverses(start: float, ramp: float, peak: 
         assert b - a >= config.stable_window, plant.changes
     # ...and the pool it kept carries the plateau (within the tolerance band of the target).
     assert _in_flight(peak, kept) / kept <= config.target * (1 + 0.1), plant.changes
+
+
+# -- a recorded load step (bench/autoscale_trace.py) ---------------------------------------
+
+STEP_TRACE = Path(__file__).parent / "data" / "autoscale_step.json"
+
+
+def test_a_recorded_backlog_step_is_sized_by_rate_times_service_time() -> None:
+    """The panic path sized from in-flight requests, which after a step count the backlog
+    too: it grows by (arrivals - capacity) every second until new replicas serve, so the
+    pool went 1 -> 3 -> 10 for a step that needs 4 (120 req/s x 0.1 s / 3 in flight per
+    replica). Little's law sizes the steady state: needed concurrency = arrival rate x
+    service time. Replayed here: what the autoscaler sampled every 50 ms around a step from
+    20 to 120 req/s on one A-5 replica (no scaler running, so the backlog keeps growing,
+    to 240 in flight after 3 s); every decision, at the ticks and at the sample that starts
+    the panic, as ``Autoscaler.run`` makes them, while the new replicas have not started.
+    """
+    trace = json.loads(STEP_TRACE.read_text())
+    config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=10, target=3.0)
+    rows = trace["samples"]
+    decider = Decider(config, rows[0][0])
+    next_tick = rows[0][0] + config.tick
+    actual, ready = 1, 1
+    decisions: list[Decision] = []
+    for now, in_flight, answered, latency in rows:
+        decider.observe(now, in_flight, answered, answered=answered, latency=latency)
+        if now >= next_tick or decider.panic_starts(now, ready):
+            next_tick = now + config.tick
+            decisions.append(decider.decide(now, actual, ready))
+            actual = decisions[-1].desired
+    # What lambda x S / target asks: the rate after the step, times the service time
+    # observed before it (the median of 50 ms mean latencies: about 100.7 ms).
+    before = [r for r in rows if r[0] < 0]
+    service = statistics.median(
+        (b[3] - a[3]) / (b[2] - a[2]) for a, b in itertools.pairwise(before) if b[2] > a[2]
+    )
+    asks = trace["rate_after"] * service / config.target
+    step = [d for d in decisions if d.time >= 0]
+    up = next(d for d in step if d.desired > 1)
+    assert up.panicking and up.time <= config.tick  # decided within one tick of the step
+    assert max(d.desired for d in step) <= math.ceil(asks), [d.detail() for d in step]
+    assert step[-1].desired >= math.floor(asks), [d.detail() for d in step]

@@ -8,8 +8,11 @@ signal without a metrics pipeline. ``Decider`` is the pure core (time is passed 
   *stable* window (smooths bursts away) and the short *panic* window.
 - Each ``tick`` recommends ``ceil(average / target)`` replicas from the stable window.
   When the panic window alone asks for ``panic_threshold`` times the ready replicas, the
-  decider *panics*: it follows the panic window and never scales down, until a whole stable
-  window passes without a panic condition (KPA's rule).
+  decider *panics*: it never scales down, until a whole stable window passes without a
+  panic condition (KPA's rule), and it sizes the pool by Little's law,
+  ``ceil(arrival rate x service time / target)``, not by the in-flight count: after a
+  step, in-flight counts the backlog that built up while the pool was too small, which is
+  transient, and sizing by it overshot (1 -> 10 replicas for a step that needs 4).
 - A change must clear a 10% band around the current size (the HPA's tolerance), and a
   scale-down follows the highest recommendation of the last ``scale_down_delay`` seconds, so a
   constant load near a boundary does not flap.
@@ -31,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +52,12 @@ log = logging.getLogger(__name__)
 #: target and shrinks only when the smaller pool would still run below 90% of it.
 TOLERANCE = 0.1
 _EPS = 1e-9
+#: The arrival rate that sizes a panic is measured over this share of the panic window
+#: (0.5 s of the default 2 s): a panic starts at the sample that sees it, typically 0.3-0.5 s
+#: after a step, and the rate over a whole panic window would still be mostly the old one.
+RATE_SHARE = 0.25
+#: Fewer 50 ms latency samples than this in the stable window: no service time (yet).
+MIN_SERVICE_SAMPLES = 5
 
 
 def _ceil(x: float) -> int:
@@ -117,6 +127,8 @@ class Decision:
     panic: float  # the same over the panic window
     panicking: bool
     reason: str  # load, panic, trend, idle, bounds, manual hold, rate limit
+    rate: float | None = None  # arrivals per second, last RATE_SHARE of the panic window
+    service: float | None = None  # seconds per request (median over the stable window)
 
     @property
     def per_replica(self) -> float:
@@ -130,6 +142,8 @@ class Decision:
             f"concurrency={self.stable:.2f} panic_concurrency={self.panic:.2f} "
             f"per_replica={self.per_replica:.2f} mode={'panic' if self.panicking else 'stable'} "
             f"reason={self.reason.replace(' ', '_')}"
+            + (f" rate={self.rate:.1f}" if self.rate is not None else "")
+            + (f" service_ms={self.service * 1000:.1f}" if self.service is not None else "")
         )
 
 
@@ -146,20 +160,72 @@ class Decider:
         self._requests = -1
         self._last_activity = now
         self._manual_until = -math.inf
+        # Little's law inputs: cumulative arrivals (answered + in flight) over the rate span,
+        # and the mean latency of each sample's answers over the stable window.
+        self._rate_span = config.panic_window * RATE_SHARE
+        self._arrivals: deque[tuple[float, float]] = deque()
+        self._service: deque[tuple[float, float]] = deque()
+        self._answered: int | None = None
+        self._latency = 0.0
 
     # -- inputs ---------------------------------------------------------------------------
 
-    def observe(self, now: float, in_flight: float, requests: int) -> None:
+    def observe(
+        self,
+        now: float,
+        in_flight: float,
+        requests: int,
+        *,
+        answered: int | None = None,
+        latency: float | None = None,
+    ) -> None:
         """One sample: requests in flight now and the cumulative count of requests seen.
 
         The counter makes idleness exact: a 1 ms request between two samples is never seen
         in flight, but it moves the counter, and it is traffic.
+        ``answered`` and ``latency``: the balancer's cumulative count of answered requests
+        and the sum of their latencies (seconds), for the arrival rate and service time.
         """
         if in_flight > 0 or requests != self._requests:
             self._last_activity = now
         self._requests = requests
         self._stable.add(now, in_flight)
         self._panic.add(now, in_flight)
+        if answered is None or latency is None:
+            return
+        # Every request that arrived is answered or still in flight: the arrivals are their
+        # sum, with no counter on the request path.
+        arrivals = self._arrivals
+        arrivals.append((now, answered + in_flight))
+        while len(arrivals) > 2 and arrivals[1][0] <= now - self._rate_span:
+            arrivals.popleft()
+        if self._answered is not None and answered > self._answered:
+            mean = (latency - self._latency) / (answered - self._answered)
+            self._service.append((now, mean))
+        self._answered, self._latency = answered, latency
+        service = self._service
+        while service and service[0][0] <= now - self.config.stable_window:
+            service.popleft()
+
+    def rate(self) -> float | None:
+        """Arrivals per second over the last ``RATE_SHARE`` of the panic window."""
+        arrivals = self._arrivals
+        if len(arrivals) < 2:
+            return None
+        (t0, a0), (t1, a1) = arrivals[0], arrivals[-1]
+        return max(0.0, (a1 - a0) / (t1 - t0)) if t1 > t0 else None
+
+    def service_time(self) -> float | None:
+        """Seconds per request: the median of the 50 ms mean latencies of the stable window.
+
+        Queueing only adds to a latency; a backlog that lasts less than half the stable
+        window moves the median not at all, so this is the time a request takes when it
+        does not wait, the S of Little's law. (A lasting change of the service time shows
+        after half a window.)
+        """
+        if len(self._service) < MIN_SERVICE_SAMPLES:
+            return None
+        return statistics.median(mean for _, mean in self._service)
 
     def manual(self, now: float) -> None:
         """An operator changed the pool: hold that size for one scale-down delay."""
@@ -227,6 +293,13 @@ class Decider:
         panic = self._panic.mean(now)
         want_stable = self._banded(stable / c.target, actual)
         want_panic = self._banded(panic / c.target, actual)
+        # What the load asks now, by Little's law (concurrency = arrival rate x service
+        # time); the in-flight panic window where it cannot be measured (no answers yet).
+        rate, service = self.rate(), self.service_time()
+        sized = rate is not None and service is not None
+        want_now = want_panic
+        if rate is not None and service is not None:
+            want_now = self._banded(rate * service / c.target, actual)
 
         # Panic: the short window alone asks for panic_threshold x the ready pool (the raw
         # ratio, as KPA: a rounded one would panic a single replica at 1.01x its target).
@@ -241,7 +314,11 @@ class Decider:
 
         reason = "load"
         if panicking:
-            self._panic_max = max(self._panic_max, want_panic, want_stable, actual)
+            # Sized by Little's law, never by in-flight (stable or panic window) then: both
+            # count the backlog of the step, which the larger pool drains and which does not
+            # come back. KPA follows the panic window alone too.
+            wanted = (want_now,) if sized else (want_panic, want_stable)
+            self._panic_max = max(self._panic_max, *wanted, actual)
             rec = self._panic_max  # never scale down while panicking
             reason = "panic"
         else:
@@ -276,8 +353,8 @@ class Decider:
             rec = 1  # traffic too short to be sampled in flight is still traffic
 
         if now < self._manual_until:
-            # Only what the load needs now (the panic window) overrides an operator's size.
-            desired = max(actual, min(want_panic, c.max_replicas))
+            # Only what the load needs now overrides an operator's size.
+            desired = max(actual, min(want_now, c.max_replicas))
             if desired == actual and rec != actual:
                 reason = "manual hold"
             elif desired > actual:
@@ -290,7 +367,20 @@ class Decider:
             # The next scale-down needs a whole delay window of its own: the history was
             # recommended for the larger pool.
             self._recs = deque([(now, desired)])
-        return Decision(now, desired, actual, ready, stable, panic, panicking, reason)
+        return Decision(
+            now, desired, actual, ready, stable, panic, panicking, reason, rate, service
+        )
+
+
+class Answers(Protocol):
+    """The data plane's answer counters the autoscaler reads (``ProxyStats``; no import of
+    the data plane): every answered request once in a latency bucket, and their sum."""
+
+    @property
+    def latency_counts(self) -> list[int]: ...
+
+    @property
+    def latency_sum(self) -> float: ...
 
 
 class Autoscaler:
@@ -315,10 +405,14 @@ class Autoscaler:
         pool: Pool,
         reconciler: Reconciler,
         held: Callable[[], int] = lambda: 0,
+        answers: Answers | None = None,
     ) -> None:
+        """``answers``: the balancer's answer counters, for the arrival rate and service
+        time that size a panic (without them a panic is sized by in-flight requests)."""
         self.config = config
         self._pool = pool
         self._reconciler = reconciler
+        self._answers = answers
         #: Requests waiting at an empty pool (the scale-to-zero hold): demand too.
         self.held = held
         self._wake = asyncio.Event()
@@ -390,7 +484,17 @@ class Autoscaler:
                 self._wake.clear()
                 now = loop.time()
                 held = self.held()
-                decider.observe(now, self.in_flight(), self._count_requests())
+                answers = self._answers
+                if answers is None:
+                    decider.observe(now, self.in_flight(), self._count_requests())
+                else:
+                    decider.observe(
+                        now,
+                        self.in_flight(),
+                        self._count_requests(),
+                        answered=sum(answers.latency_counts),
+                        latency=answers.latency_sum,
+                    )
                 if held:
                     decider.activity(now)
                 # Decisions keep to the tick, except: a wake for an empty pool (a cold

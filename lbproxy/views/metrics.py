@@ -202,6 +202,17 @@ def _autoscale(a: Autoscaler) -> Iterator[Metric]:
     concurrency.add_metric(["panic"], last.panic if last else 0.0)
     yield concurrency
     yield GaugeMetricFamily(
+        "lbproxy_autoscale_arrival_rate",
+        "Requests arriving per second (the last quarter of the panic window) at the last decision",
+        value=last.rate if last is not None and last.rate is not None else 0.0,
+    )
+    yield GaugeMetricFamily(
+        "lbproxy_autoscale_service_seconds",
+        "Seconds per request (median over the stable window) at the last decision; "
+        "rate x service / target sizes a panic",
+        value=last.service if last is not None and last.service is not None else 0.0,
+    )
+    yield GaugeMetricFamily(
         "lbproxy_autoscale_panic",
         "1 while the autoscaler is in panic mode",
         value=1.0 if last is not None and last.panicking else 0.0,
