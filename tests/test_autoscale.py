@@ -13,6 +13,7 @@ from collections import Counter
 
 import pytest
 
+from lbproxy.backends.base import ReplicaHandle
 from lbproxy.config import AutoscaleConfig
 from lbproxy.control.pool import ReplicaState
 from tests.conftest import BalancerUnderTest, wait_for
@@ -162,6 +163,27 @@ async def test_manual_add_is_held_for_the_delay_then_returns_to_min(
     assert shrink.time - manual.time >= FAST.scale_down_delay
     # /rm's choice: the two added replicas went, the first stayed.
     assert pool.names() == ["Server 1"]
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=dataclasses.replace(FAST, tick=60.0))
+async def test_ready_replicas_are_those_on_the_ring_in_use(lb: BalancerUnderTest) -> None:
+    """A replica is UP as soon as its heartbeats pass, but it serves only once the ring
+    built off the loop is in (A-5: about 1 s later at N = 10). Counting it before made the
+    panic's check "has the pool Little's law asked for served a whole panic window?" pass
+    while the new replicas were still waiting for their ring (bench/autoscale_step.py: a
+    pool of 4 sized at 0.41 s, ring in at 2.49 s, judged lagging at 3.50 s: -> 10)."""
+    pool = lb.balancer.pool
+    autoscaler = lb.balancer.autoscaler
+    assert autoscaler is not None
+    assert autoscaler.ready() == 1
+    replica = pool.add("Late")
+    pool.set_handle(replica, ReplicaHandle("Late", "http://127.0.0.1:9", "late"))
+    pool.mark_up(replica)  # its ring is being built in the worker
+    assert replica.state is ReplicaState.UP and "Late" not in pool.ring.names
+    assert autoscaler.ready() == 1
+    await pool.settled()
+    assert autoscaler.ready() == 2
+    pool.remove("Late")
 
 
 @pytest.mark.lbconfig(replicas=1, autoscale=FAST)

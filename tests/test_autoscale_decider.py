@@ -301,9 +301,15 @@ class Plant:
     """The decider in front of a pool that starts replicas in ``start`` seconds and serves
     an open-loop ``rate(t)``; what it cannot serve waits (a backlog, counted in flight)."""
 
-    def __init__(self, config: AutoscaleConfig, start: float) -> None:
+    def __init__(self, config: AutoscaleConfig, start: float, little: bool = False) -> None:
+        """``little``: also report answered requests and their latencies (the inputs of the
+        panic's Little's-law size); without, the decider sizes by in-flight alone."""
         self.config = config
         self.start = start
+        self.little = little
+        self.arrived = 0.0
+        self.answered = 0
+        self.latency = 0.0
         self.now = 0.0
         self.actual = self.ready = config.min_replicas
         self.backlog = 0.0
@@ -326,7 +332,19 @@ class Plant:
                 self.backlog = max(0.0, self.backlog + (r - capacity) * c.sample_interval)
                 self.requests += 1
                 served = _in_flight(min(r, 0.97 * capacity), self.ready)
-                self.decider.observe(self.now, served + self.backlog, self.requests)
+                in_flight = served + self.backlog
+                if not self.little:
+                    self.decider.observe(self.now, in_flight, self.requests)
+                    continue
+                # Whatever arrived and is not in flight was answered, each after the time
+                # Little's law gives the pool now (in flight / rate), backlog included.
+                self.arrived += r * c.sample_interval
+                answered = max(self.answered, math.floor(self.arrived - in_flight))
+                self.latency += (answered - self.answered) * in_flight / r
+                self.answered = answered
+                self.decider.observe(
+                    self.now, in_flight, self.requests, answered=answered, latency=self.latency
+                )
             d = self.decider.decide(self.now, self.actual, self.ready)
             if d.desired > self.actual:
                 self.pending.append((self.now + self.start, d.desired - self.actual))
@@ -355,14 +373,18 @@ def a5_rate(ramp: float, peak: float) -> Callable[[float], float]:
     return rate
 
 
+@pytest.mark.parametrize("little", [False, True])
 @pytest.mark.parametrize("start", [0.5, 1.5, 3.0])
 @pytest.mark.parametrize(("ramp", "peak"), [(10.0, 240.0), (10.0, 200.0), (0.001, 240.0)])
-def test_a_plateau_after_a_ramp_never_reverses(start: float, ramp: float, peak: float) -> None:
+def test_a_plateau_after_a_ramp_never_reverses(
+    start: float, ramp: float, peak: float, little: bool
+) -> None:
     """A-5's flap: at a constant 240 req/s the pool went 10 -> 8 at 52 s and back to 9 at
     62 s, because the stable window still averaged in the ramp. On a plateau the pool may
-    change once (the panic's surplus goes) but never changes direction."""
+    change once (the panic's surplus goes) but never changes direction. With the answers
+    (``little``) the panic is sized by arrival rate x service time instead."""
     config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=10, target=3.0)
-    plant = Plant(config, start)
+    plant = Plant(config, start, little)
     rate = a5_rate(ramp, peak)
     plant.run(70, rate)
     kept = plant.actual
@@ -381,7 +403,8 @@ def test_a_plateau_after_a_ramp_never_reverses(start: float, ramp: float, peak: 
 STEP_TRACE = Path(__file__).parent / "data" / "autoscale_step.json"
 
 
-def test_a_recorded_backlog_step_is_sized_by_rate_times_service_time() -> None:
+@pytest.mark.parametrize("history", [10.0, 2.0])
+def test_a_recorded_backlog_step_is_sized_by_rate_times_service_time(history: float) -> None:
     """The panic path sized from in-flight requests, which after a step count the backlog
     too: it grows by (arrivals - capacity) every second until new replicas serve, so the
     pool went 1 -> 3 -> 10 for a step that needs 4 (120 req/s x 0.1 s / 3 in flight per
@@ -390,10 +413,14 @@ def test_a_recorded_backlog_step_is_sized_by_rate_times_service_time() -> None:
     20 to 120 req/s on one A-5 replica (no scaler running, so the backlog keeps growing,
     to 240 in flight after 3 s); every decision, at the ticks and at the sample that starts
     the panic, as ``Autoscaler.run`` makes them, while the new replicas have not started.
+    ``history``: seconds of calm before the step the decider sees. With 2 s, latencies
+    that include the backlog soon outnumber the calm ones: a service time taken from
+    every answer would follow the backlog up (bench/autoscale_step.py, 5 s of calm: the
+    pool went 4 -> 6 -> 10 five seconds after the step); none is taken while panicking.
     """
     trace = json.loads(STEP_TRACE.read_text())
     config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=10, target=3.0)
-    rows = trace["samples"]
+    rows = [r for r in trace["samples"] if r[0] >= -history]
     decider = Decider(config, rows[0][0])
     next_tick = rows[0][0] + config.tick
     actual, ready = 1, 1
@@ -416,3 +443,43 @@ def test_a_recorded_backlog_step_is_sized_by_rate_times_service_time() -> None:
     assert up.panicking and up.time <= config.tick  # decided within one tick of the step
     assert max(d.desired for d in step) <= math.ceil(asks), [d.detail() for d in step]
     assert step[-1].desired >= math.floor(asks), [d.detail() for d in step]
+
+
+def test_replicas_that_get_slower_are_sized_by_in_flight_again() -> None:
+    """Little's law sizes a panic with the service time of the calm before it. If the
+    panic came from the replicas getting slower (100 ms -> 1 s per request at a constant
+    20 req/s), that size is too small: a pool at least that large has served for a panic
+    window and the backlog still grows. Then the in-flight count (which sees the slowdown
+    at once) sizes the panic again, and the pool grows to what the new service time needs."""
+    config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=20, target=3.0)
+    decider = Decider(config, 0.0)
+    rate, dt = 20.0, config.sample_interval
+    now, ready, actual = 0.0, 1, 1
+    backlog, answered, latency, arrived = 0.0, 0, 0.0, 0.0
+    next_tick = config.tick
+    decisions: list[Decision] = []
+    while now < 40.0:
+        now += dt
+        service = 0.1 if now < 20.0 else 1.0
+        capacity = ready * SLOTS / service
+        backlog = max(0.0, backlog + (rate - capacity) * dt)
+        in_flight = min(rate, capacity) * service + backlog
+        arrived += rate * dt
+        done = max(answered, math.floor(arrived - in_flight))
+        latency += (done - answered) * in_flight / rate
+        answered = done
+        decider.observe(now, in_flight, answered, answered=answered, latency=latency)
+        if now >= next_tick or decider.panic_starts(now, ready):
+            next_tick = now + config.tick
+            decisions.append(decider.decide(now, actual, ready))
+            actual = ready = decisions[-1].desired  # replicas start at once here
+    before = [d for d in decisions if d.time < 20.0]
+    assert before[-1].desired == 1, [d.detail() for d in before]
+    panic = [d for d in decisions if d.panicking]
+    # The service time is still the calm one (100 ms): it asks for 1 replica, which
+    # serves and does not keep up, so in-flight requests size the panic...
+    assert panic and all(d.service is not None and d.service < 0.2 for d in panic)
+    grew = [d for d in panic if d.desired > d.actual]
+    assert grew and all(d.reason == "panic (lagging)" for d in grew), [d.detail() for d in grew]
+    # ...and the pool grows to what the new service time needs.
+    assert decisions[-1].desired >= math.ceil(rate * 1.0 / config.target)

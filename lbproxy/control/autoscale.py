@@ -12,7 +12,9 @@ signal without a metrics pipeline. ``Decider`` is the pure core (time is passed 
   panic condition (KPA's rule), and it sizes the pool by Little's law,
   ``ceil(arrival rate x service time / target)``, not by the in-flight count: after a
   step, in-flight counts the backlog that built up while the pool was too small, which is
-  transient, and sizing by it overshot (1 -> 10 replicas for a step that needs 4).
+  transient, and sizing by it overshot (1 -> 10 replicas for a step that needs 4). The
+  service time is that of the calm before the panic; if a pool that large serves and
+  still falls behind (the replicas got slower), in-flight sizes the panic again.
 - A change must clear a 10% band around the current size (the HPA's tolerance), and a
   scale-down follows the highest recommendation of the last ``scale_down_delay`` seconds, so a
   constant load near a boundary does not flap.
@@ -160,13 +162,14 @@ class Decider:
         self._requests = -1
         self._last_activity = now
         self._manual_until = -math.inf
-        # Little's law inputs: cumulative arrivals (answered + in flight) over the rate span,
-        # and the mean latency of each sample's answers over the stable window.
+        # Little's law inputs: (time, cumulative arrivals = answered + in flight, answered)
+        # over the panic window, and the mean latency of each calm sample's answers.
         self._rate_span = config.panic_window * RATE_SHARE
-        self._arrivals: deque[tuple[float, float]] = deque()
+        self._flow: deque[tuple[float, float, int]] = deque()
         self._service: deque[tuple[float, float]] = deque()
         self._answered: int | None = None
         self._latency = 0.0
+        self._sized_since: float | None = None  # in panic: ready >= the Little's-law size
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -195,37 +198,56 @@ class Decider:
             return
         # Every request that arrived is answered or still in flight: the arrivals are their
         # sum, with no counter on the request path.
-        arrivals = self._arrivals
-        arrivals.append((now, answered + in_flight))
-        while len(arrivals) > 2 and arrivals[1][0] <= now - self._rate_span:
-            arrivals.popleft()
+        flow = self._flow
+        flow.append((now, answered + in_flight, answered))
+        while len(flow) > 2 and flow[1][0] <= now - self.config.panic_window:
+            flow.popleft()
         if self._answered is not None and answered > self._answered:
-            mean = (latency - self._latency) / (answered - self._answered)
-            self._service.append((now, mean))
+            # Calm samples only: in a panic every answer has waited in the backlog that
+            # started it (and a backlog stuck in one replica's connections drains for many
+            # seconds); the window keeps the last stable window of calm samples.
+            if self._panic_since is None:
+                mean = (latency - self._latency) / (answered - self._answered)
+                self._service.append((now, mean))
+                service = self._service
+                while service[0][0] <= now - self.config.stable_window:
+                    service.popleft()
         self._answered, self._latency = answered, latency
-        service = self._service
-        while service and service[0][0] <= now - self.config.stable_window:
-            service.popleft()
+
+    def _rates(self, span: float) -> tuple[float, float] | None:
+        """(arrivals, answers) per second over the last ``span`` seconds of samples."""
+        flow = self._flow
+        if len(flow) < 2:
+            return None
+        t1, a1, n1 = flow[-1]
+        # The latest sample at least ``span`` before the last one (else the oldest kept).
+        t0, a0, n0 = next((f for f in reversed(flow) if f[0] <= t1 - span + _EPS), flow[0])
+        if t1 <= t0:
+            return None
+        return max(0.0, (a1 - a0) / (t1 - t0)), max(0.0, (n1 - n0) / (t1 - t0))
 
     def rate(self) -> float | None:
         """Arrivals per second over the last ``RATE_SHARE`` of the panic window."""
-        arrivals = self._arrivals
-        if len(arrivals) < 2:
-            return None
-        (t0, a0), (t1, a1) = arrivals[0], arrivals[-1]
-        return max(0.0, (a1 - a0) / (t1 - t0)) if t1 > t0 else None
+        rates = self._rates(self._rate_span)
+        return rates[0] if rates is not None else None
 
     def service_time(self) -> float | None:
-        """Seconds per request: the median of the 50 ms mean latencies of the stable window.
+        """Seconds per request: the median of the 50 ms mean latencies of the last stable
+        window of calm samples (none are taken while panicking).
 
-        Queueing only adds to a latency; a backlog that lasts less than half the stable
-        window moves the median not at all, so this is the time a request takes when it
-        does not wait, the S of Little's law. (A lasting change of the service time shows
-        after half a window.)
+        Queueing only adds to a latency, and a calm pool queues little, so this is what a
+        request costs, the S of Little's law. A panic does not move it at all: if the
+        service time itself changed, ``_keeping_up`` notices.
         """
         if len(self._service) < MIN_SERVICE_SAMPLES:
             return None
         return statistics.median(mean for _, mean in self._service)
+
+    def _keeping_up(self) -> bool:
+        """Whether the pool answered, over the panic window, about as many requests per
+        second as arrived (within the tolerance): a backlog that no longer grows."""
+        rates = self._rates(self.config.panic_window)
+        return rates is None or rates[1] >= rates[0] * (1 - TOLERANCE)
 
     def manual(self, now: float) -> None:
         """An operator changed the pool: hold that size for one scale-down delay."""
@@ -300,6 +322,11 @@ class Decider:
         want_now = want_panic
         if rate is not None and service is not None:
             want_now = self._banded(rate * service / c.target, actual)
+        if sized and want_now <= ready:
+            if self._sized_since is None:
+                self._sized_since = now
+        else:
+            self._sized_since = None
 
         # Panic: the short window alone asks for panic_threshold x the ready pool (the raw
         # ratio, as KPA: a rounded one would panic a single replica at 1.01x its target).
@@ -311,16 +338,24 @@ class Decider:
             self._panic_since = None
             self._panic_max = 0
         panicking = self._panic_since is not None
+        # The pool Little's law asked for has served a whole panic window and the backlog
+        # still grows: the service time is not what it was (the replicas got slower), so
+        # the in-flight count, which sees that at once, sizes the panic again.
+        lagging = (
+            self._sized_since is not None
+            and now - self._sized_since >= c.panic_window
+            and not self._keeping_up()
+        )
 
         reason = "load"
         if panicking:
             # Sized by Little's law, never by in-flight (stable or panic window) then: both
             # count the backlog of the step, which the larger pool drains and which does not
             # come back. KPA follows the panic window alone too.
-            wanted = (want_now,) if sized else (want_panic, want_stable)
+            wanted = (want_now,) if sized and not lagging else (want_panic, want_stable)
             self._panic_max = max(self._panic_max, *wanted, actual)
             rec = self._panic_max  # never scale down while panicking
-            reason = "panic"
+            reason = "panic (lagging)" if lagging else "panic"
         else:
             rec = want_stable
 
@@ -445,7 +480,13 @@ class Autoscaler:
         return self.last.desired if self.last is not None else len(self._pool)
 
     def ready(self) -> int:
-        return sum(1 for r in self._pool.replicas() if r.state is ReplicaState.UP)
+        """Members that serve: UP and on the ring in use. A replica is UP once its
+        heartbeats pass; it serves once the ring built off the loop is in (about 1 s later
+        at N = 10 with the default table), and until then it adds no capacity."""
+        names = self._pool.ring.names
+        return sum(
+            1 for r in self._pool.replicas() if r.state is ReplicaState.UP and r.name in names
+        )
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self._pool.replicas()) + self.held()
