@@ -129,6 +129,9 @@ def test_parse_metrics_keeps_pool_sizes_and_in_flight() -> None:
             'lbproxy_autoscale_observed_concurrency{window="stable"} 7.5',
             'lbproxy_replica_in_flight{replica="Server 1"} 2.0',
             'lbproxy_replica_in_flight{replica="Server 2"} 6.0',
+            "lbproxy_queued_total 120.0",
+            "lbproxy_queue_redispatched_total 75.0",
+            "lbproxy_queue_timeouts_total 0.0",
         ]
     )
     assert parse_metrics(text) == {
@@ -138,6 +141,9 @@ def test_parse_metrics_keeps_pool_sizes_and_in_flight() -> None:
         "stable": 7.5,
         "in_flight_sum": 8.0,
         "in_flight_max": 6.0,
+        "queued": 120.0,
+        "redispatched": 75.0,
+        "queue_timeouts": 0.0,
     }
 
 
@@ -161,6 +167,8 @@ def _run(name: str, *, failed_at: float | None = None, scaled: bool = True) -> R
     run.samples = [
         {"t": t / 2, "ready": min(10.0, 1.0 + t / 8), "in_flight_sum": 3.0} for t in range(180)
     ]
+    if scaled:  # the queue counters at the end (the last sample, taken after the load)
+        run.samples[-1].update(queued=1234.0, redispatched=567.0, queue_timeouts=0.0)
     if scaled:
         run.events = [
             {"time": 1000.0 + 10.4, "kind": "autoscale", "detail": "desired=3 actual=1 (panic)"},
@@ -182,8 +190,10 @@ def test_analyse_finds_the_reaction_and_the_settled_tail() -> None:
     assert r["scale_changes"] == 2
     assert [c["changes"] for c in r["changes_in_constant_load"]] == [0, 0]
     assert r["ready_at"] == {"2": 4.0, "4": 12.0, "8": 28.0, "10": 36.0}
+    assert r["queue"] == {"queued": 1234, "redispatched": 567, "queue_timeouts": 0}
     fixed = analyse(_run("fixed 10", scaled=False), PROFILE)
     assert "step_decision_s" not in fixed and math.isnan(fixed["max_desired"] or math.nan)
+    assert fixed["queue"] == {}
 
 
 @pytest.mark.unit
@@ -213,6 +223,8 @@ def test_a5_report_words_the_figures_from_a_template() -> None:
     assert "the first scale-down after it came at 82.0 s" in text
     assert "yes, no change of direction within one stable window (20 s)" in text
     assert "| the client's whole request | 585 | 585 | **585** |" in text
+    assert "redispatched to another replica on a ring change" in text
+    assert "| 1,234 / 567 / 0 | - | - |" in text
     assert "{{" not in text and "{%" not in text
 
 

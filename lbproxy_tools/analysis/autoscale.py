@@ -65,7 +65,14 @@ METRICS = {
     "lbproxy_pool_target": "actual",
     "lbproxy_autoscale_desired_replicas": "desired",
     'lbproxy_autoscale_observed_concurrency{window="stable"}': "stable",
+    # The replicas' FIFO queues (--max-conns-per-replica): requests that waited, those
+    # moved to another replica's queue when the ring changed, those answered 503.
+    "lbproxy_queued_total": "queued",
+    "lbproxy_queue_redispatched_total": "redispatched",
+    "lbproxy_queue_timeouts_total": "queue_timeouts",
 }
+#: The counters above, reported as their value at the end of a scenario.
+QUEUE_COUNTERS = ("queued", "redispatched", "queue_timeouts")
 
 
 @dataclass
@@ -166,6 +173,11 @@ async def drive(url: str, run: Run, prof: Profile) -> None:
         finally:
             done.set()
             await sampling
+        # One last sample after the load: the counters' totals for the whole scenario.
+        async with session.get(url + "/lbproxy/metrics") as resp:
+            sample = parse_metrics(await resp.text())
+        sample["wall"] = time.time()
+        run.samples.append(sample)
         async with session.get(url + "/lbproxy/events") as resp:
             run.events = (await resp.json())["message"]
     run.t0 = result.started_at
@@ -250,6 +262,8 @@ def analyse(run: Run, prof: Profile, scale: float = 1.0) -> dict[str, Any]:
         str(n): next((t for t, r in ready if r >= n), None) for n in (2, 4, 8, MAX)
     }
     result["max_desired"] = max((s.get("desired", 0.0) for s in run.samples), default=None)
+    last = run.samples[-1] if run.samples else {}
+    result["queue"] = {key: int(last[key]) for key in QUEUE_COUNTERS if key in last}
     return result
 
 
@@ -383,6 +397,7 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
                 "step_serving_s",
                 "scale_changes",
                 "changes_in_constant_load",
+                "queue",
             )
         }
     colds = results.get("cold_starts") or []

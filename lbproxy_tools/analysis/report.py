@@ -367,6 +367,7 @@ A5_OPTIONAL = (
     "events",
     "ready_at",
     "max_desired",
+    "queue",
 )
 
 
