@@ -339,12 +339,20 @@ def test_fuzz_admin_api_against_its_document(balancer: ThreadedBalancer) -> None
         "PUT /lbproxy/weight",
         "GET /lbproxy/metrics",
         "GET /lbproxy/openapi.json",
+        "GET /lbproxy/dashboard",
+        "GET /lbproxy/dashboard/stream",
     }
-    # every other method of those paths is documented as its 405 (and fuzzed as such)
-    assert len(operations) == 5 * 8
+    # (and GET /lbproxy/dashboard/, a documented 308.) Every other method of those paths is
+    # documented as its 405 and fuzzed as such.
+    assert len(operations) == 5 * 11
+    # An event stream never ends: its GET is tried once below, not fuzzed.
+    endless = [op for op in operations if _endless(op)]
+    assert [op.label for op in endless] == ["GET /lbproxy/dashboard/stream"]
+    operations = [op for op in operations if op not in endless]
     with requests.Session() as session:
         fuzz = Fuzz(balancer, session)
         assert fuzz.model.names == ["Server 1", "Server 2", "Server 3"]
+        _stream_as_documented(fuzz)
         for operation in operations:
             fuzz_operation(fuzz, operation, GenerationMode.POSITIVE)
             if _takes_input(operation):
@@ -353,6 +361,21 @@ def test_fuzz_admin_api_against_its_document(balancer: ThreadedBalancer) -> None
         _explicit_cases(fuzz, schema)
         _assert_pool_matches_model(fuzz)
         print(_report(fuzz))
+
+
+def _endless(operation: Any) -> bool:
+    ok = operation.definition.raw["responses"].get("200", {})
+    return "text/event-stream" in ok.get("content", {})
+
+
+def _stream_as_documented(fuzz: Fuzz) -> None:
+    """The dashboard's stream answers 200 with the documented type and its first event."""
+    path = "/lbproxy/dashboard/stream"
+    documented = openapi.OPENAPI["paths"][path]["get"]["responses"]["200"]["content"]
+    with fuzz.session.get(fuzz.lb.url + path, stream=True, timeout=10) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["Content-Type"].split(";")[0] in documented
+        assert next(resp.iter_lines()).startswith(b"retry: ")
 
 
 def _explicit_cases(fuzz: Fuzz, schema: Any) -> None:

@@ -281,9 +281,7 @@ async def test_a_service_named_outside_the_pool_is_refused(api: Any, body: str) 
 @pytest.mark.parametrize(
     "name", ["someone-else", f"{POOL_NAME}-ring-x", f"{POOL_NAME}_c1", f"{POOL_NAME}-ring-1x"]
 )
-async def test_a_config_named_outside_the_pools_ring_claims_is_refused(
-    api: Any, name: str
-) -> None:
+async def test_a_config_named_outside_the_pools_ring_claims_is_refused(api: Any, name: str) -> None:
     body = _service_body(f'"Name": "{name}"', _LABELS, '"Data": "eA=="')
     assert await api("POST", "/configs/create", raw=body) == 403
 

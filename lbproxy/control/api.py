@@ -215,9 +215,15 @@ class Operation:
     description: str = ""
     #: The request body's model (parsed with :func:`parse`, documented with :func:`schema`).
     body: type | None = None
-    #: The 200 answer: a component schema name (or a schema) and its description.
+    #: The success answer: a component schema name (or a schema) and its description.
     ok: tuple[str | dict[str, Any], str] = ({"type": "object"}, "")
-    ok_content: str = "application/json"
+    #: Its content type; None for an answer without a body (a redirect).
+    ok_content: str | None = "application/json"
+    ok_status: int = 200
+    #: Headers of the success answer, each with its one value (a redirect's Location).
+    ok_headers: tuple[tuple[str, str], ...] = ()
+    #: A GET that also answers HEAD (aiohttp's default); False for an endless stream.
+    head: bool = True
     #: Documented failures (SPEC's body) by status, beyond the 401/413/405 added for all.
     errors: tuple[tuple[int, str], ...] = ()
     #: Needs ``Authorization: Bearer`` when the balancer has an admin token.

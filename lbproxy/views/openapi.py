@@ -21,6 +21,7 @@ from aiohttp import web
 from lbproxy.control.admin import MAX_ADMIN_BODY, OPERATIONS
 from lbproxy.control.api import AddRequest, ChangeRequest, Operation, WeightRequest, schema
 from lbproxy.control.pool import MAX_WEIGHT
+from lbproxy.views.dashboard import PAGE_PATH, STREAM_PATH
 
 __all__ = ["OPENAPI", "OPENAPI_PATH", "document", "openapi_handler", "register"]
 
@@ -30,7 +31,7 @@ _JSON = "application/json"
 #: Methods documented as 405 where a path does not serve them.
 _METHODS = ("get", "put", "post", "delete", "patch")
 
-#: The operations a view module routes itself (metrics.py, this module).
+#: The operations a view module routes itself (metrics.py, dashboard.py, this module).
 VIEW_OPERATIONS: tuple[Operation, ...] = (
     Operation(
         "GET",
@@ -46,6 +47,50 @@ VIEW_OPERATIONS: tuple[Operation, ...] = (
         "openapi",
         "This document",
         ok=({"type": "object"}, "The OpenAPI 3.0 document."),
+    ),
+    Operation(
+        "GET",
+        PAGE_PATH,
+        "dashboard",
+        "The live dashboard (one self-contained page)",
+        description="HTML with its CSS and JavaScript inline, under a Content-Security-Policy "
+        "that lets it load nothing from elsewhere; it follows the pool through "
+        f"{STREAM_PATH}.",
+        ok=({"type": "string"}, "The dashboard page."),
+        ok_content="text/html",
+    ),
+    Operation(
+        "GET",
+        PAGE_PATH + "/",
+        "dashboardSlash",
+        "The dashboard's address with a trailing slash: a redirect to it",
+        ok=(
+            {"type": "string"},
+            "Permanent redirect to the page (its stream's relative URL "
+            "resolves only from the slash-less address).",
+        ),
+        ok_content=None,
+        ok_status=308,
+        ok_headers=(("Location", "../dashboard"),),
+    ),
+    Operation(
+        "GET",
+        STREAM_PATH,
+        "dashboardStream",
+        "The dashboard's server-sent events: pool snapshots and events as they happen",
+        description="An endless text/event-stream: a `snapshot` event first (with the recent "
+        "pool events), then each pool event as it happens, a fresh snapshot every few "
+        "seconds and keep-alive comments. No HEAD: a stream has no length to announce.",
+        ok=({"type": "string"}, "The event stream (never ends while the balancer runs)."),
+        ok_content="text/event-stream",
+        errors=(
+            (
+                503,
+                "Too many dashboard streams are open, or the balancer is shutting down; "
+                "retry after `Retry-After` seconds.",
+            ),
+        ),
+        head=False,
     ),
 )
 
@@ -71,9 +116,14 @@ def _operation(op: Operation) -> dict[str, Any]:
         }
     ok_schema, ok_text = op.ok
     shape = _ref(ok_schema) if isinstance(ok_schema, str) else ok_schema
-    responses: dict[str, Any] = {
-        "200": {"description": ok_text, "content": {op.ok_content: {"schema": shape}}}
-    }
+    ok: dict[str, Any] = {"description": ok_text}
+    if op.ok_content is not None:
+        ok["content"] = {op.ok_content: {"schema": shape}}
+    if op.ok_headers:
+        ok["headers"] = {
+            name: {"schema": {"type": "string", "enum": [value]}} for name, value in op.ok_headers
+        }
+    responses: dict[str, Any] = {str(op.ok_status): ok}
     responses |= {str(status): _failure(text) for status, text in op.errors}
     if op.token:
         # Open unless the balancer runs with --admin-token (LBPROXY_ADMIN_TOKEN).
@@ -94,7 +144,7 @@ def _operation(op: Operation) -> dict[str, Any]:
 def _not_allowed(path: str, method: str, served: list[Operation]) -> dict[str, Any]:
     """admin.answer_wrong_methods' 405 for ``method`` on ``path``, with its exact Allow."""
     methods = {op.method for op in served} | (
-        {"HEAD"} if any(op.method == "GET" for op in served) else set()
+        {"HEAD"} if any(op.method == "GET" and op.head for op in served) else set()
     )
     allow = ", ".join(sorted(methods))
     return {
