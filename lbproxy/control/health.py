@@ -125,10 +125,13 @@ async def wait_ready(
     timeout: float,
     check_timeout: float,
     dead: Callable[[], bool],
+    check: HealthConfig,
     poll: float = 0.05,
-    check: HealthConfig = _DEFAULT_CHECK,
 ) -> bool:
-    """Poll a new replica fast until ``rise`` heartbeats pass in a row; False on timeout/death."""
+    """Poll a new replica fast until ``rise`` heartbeats pass in a row; False on timeout/death.
+
+    ``check`` has no default: a caller that forgot it probed ``/heartbeat`` whatever
+    ``--health-path`` said (the Swarm reconciler did)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     passes = 0

@@ -217,6 +217,7 @@ class SwarmReconciler(Reconciler):
                     rise=self._config.health.rise,
                     timeout=self._config.start_timeout,
                     check_timeout=self._config.health.timeout,
+                    check=self._config.health,
                     dead=gone,
                 )
                 if gone():
