@@ -120,3 +120,22 @@ def test_the_worker_keeps_one_state_per_table_size_and_derives_from_it() -> None
     assert classic.state_key is None and len(offload._states) == 2
     pickle.dumps(ring)  # what crosses the pipe when /dev/shm is full
     offload._states.clear()
+
+
+def test_a_refused_build_keeps_the_workers_state() -> None:
+    """A member set the family refuses (a bad weight) must not cost the next /add its
+    derivation; a derivation that failed half-way must not leave a stale state behind."""
+    offload._states.clear()
+    family = MaglevFamily(slots=4099)
+    members = {f"r{i}": i for i in range(1, 11)}
+    offload._build_remembering(family, members, None)
+    with pytest.raises(ValueError, match="weights must be integers"):
+        offload._build_remembering(family, {**members, "new": 11}, {"new": 0})
+    offload._build_remembering(family, {**members, "new": 11}, None)
+    assert offload._states[family.state_key].how == "derived"
+    spent = offload._states[family.state_key]
+    spent.orank = None  # a derivation breaks on it after it started rewriting the arrays
+    with pytest.raises(TypeError):
+        offload._build_remembering(family, members, None)
+    assert spent.spent and family.state_key not in offload._states
+    offload._states.clear()

@@ -876,7 +876,8 @@ def settle_numpy(
             own[:] = big
             last = reals[i]
         inv = pow(skips[i], -1, m)
-        rank = ginv[(e - offsets[i]) % m * inv % m].astype(np.int64)
+        # (e - offset) * inv mod m as e * inv + c, c = -offset * inv mod m: one mod, not two
+        rank = ginv[(e * inv + (-offsets[i] * inv) % m) % m].astype(np.int64)
         np.minimum(own, rank * v + i, out=own)
     np.minimum(runner_up, np.maximum(first, own), out=runner_up)
     np.minimum(first, own, out=first)

@@ -116,10 +116,17 @@ def _build_remembering(
     key = getattr(family, "state_key", None)
     if build is None or key is None:
         return build_ring(family, members, weights)
-    previous = _states.pop(key, None)  # consumed: a failed derivation leaves nothing stale
-    ring, state = build(previous, members, weights)
+    previous = _states.pop(key, None)
+    try:
+        ring, state = build(previous, members, weights)
+    except BaseException:
+        # A refused member set (a bad weight, a full table) leaves the state as it was; a
+        # derivation that failed half-way has spent it: the next build is a full one.
+        if previous is not None and not getattr(previous, "spent", False):
+            _states[key] = previous
+        raise
     if state is not None:
-        _states[key] = state
+        _states[key] = state  # the most recent last
         while len(_states) > _MAX_STATES:
             del _states[next(iter(_states))]
     built: Ring = ring

@@ -63,6 +63,8 @@ class RankState:
     rrank: Any
     #: How this state was made: "full" or "derived" (benchmarks and tests read it).
     how: str = "full"
+    #: Set once a derivation starts reusing the arrays: the state is no longer valid.
+    spent: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -155,8 +157,8 @@ def derive(
     state: RankState, names: list[str], weights: tuple[int, ...], *, always: bool = False
 ) -> RankState | None:
     """The state for sorted ``names`` with ``weights`` derived from ``state`` (which it
-    consumes: its arrays are reused), or None when nothing stays or, unless ``always``, a
-    full build is cheaper (then ``state`` is untouched)."""
+    consumes: its arrays are reused, and it is marked ``spent``), or None when nothing
+    stays or, unless ``always``, a full build is cheaper (then ``state`` is untouched)."""
     np = _numpy()
     m = state.m
     old = dict(zip(state.names, state.weights, strict=True))
@@ -175,6 +177,7 @@ def derive(
     added_v = sum(new[x] for x in joining)
     if not always and not _cheaper(state, len(hit), kept_v, added_v, sum(weights)):
         return None
+    state.spent = True  # from here on its arrays are being rewritten
     pos = {x: i for i, x in enumerate(names)}
     dtype = _slot_dtype(len(names))
     orank, rrank = state.orank, state.rrank
