@@ -156,6 +156,8 @@ class Pool:
         self._ring_key: RingKey = frozenset()
         self._target: RingKey = frozenset()
         self._build_task: asyncio.Task[None] | None = None
+        #: A ring built ahead of ``mark_up`` (``prepare``): its key and the build.
+        self._prepared: tuple[RingKey, asyncio.Task[Ring]] | None = None
         self.ring_builds = 0  # full builds (inline or in the worker)
         self.ring_derivations = 0  # removals derived from the ring in use
         self._recent_rings: dict[RingKey, Ring] = {}
@@ -318,6 +320,40 @@ class Pool:
             and self._members.get(replica.name) is replica
         )
 
+    def prepare(self, joining: list[Replica]) -> None:
+        """Start building, off the loop, the ring that ``joining`` (members just launched,
+        still STARTING) will make with the members UP now, so that ``mark_up`` finds it
+        built: /add's replicas take about 0.5 s to pass their heartbeats and a build of the
+        default table about 1 s, and they overlap instead of adding up. If the members
+        change meanwhile (a death, a failed launch), the prepared ring does not fit and the
+        usual build runs. One prepared build at a time; inline pools prepare nothing."""
+        if self._builder is None or not getattr(self.family, "offload", False):
+            return
+        if self._prepared is not None and not self._prepared[1].done():
+            return
+        up = [r for r in self._members.values() if r.state is ReplicaState.UP]
+        key: RingKey = frozenset((r.name, r.ring_id, r.weight) for r in (*up, *joining))
+        if key == self._ring_key or key in self._recent_rings:
+            return
+        task = asyncio.get_running_loop().create_task(self._build_ahead(key), name="ring-prepare")
+        task.add_done_callback(_log_failed_prepare)
+        self._prepared = (key, task)
+
+    async def _build_ahead(self, key: RingKey) -> Ring:
+        assert self._builder is not None
+        members, weights = _split(key)
+        ring = await self._builder.build(self.family, members, weights)
+        self.ring_builds += 1
+        self._remember(key, ring)
+        return ring
+
+    def _remember(self, key: RingKey, ring: Ring) -> None:
+        """Keep ``ring`` among the recent rings (the newest last, at most ``_RECENT_RINGS``)."""
+        self._recent_rings.pop(key, None)
+        self._recent_rings[key] = ring
+        while len(self._recent_rings) > _RECENT_RINGS:
+            del self._recent_rings[next(iter(self._recent_rings))]
+
     def mark_up(self, *replicas: Replica) -> None:
         """Put replicas on the ring in one rebuild (an /add of n joins all at once)."""
         changed = False
@@ -468,10 +504,7 @@ class Pool:
         return derived, frozenset(m for m in ring_key if m[0] not in gone)
 
     def _install(self, key: RingKey, ring: Ring) -> None:
-        self._recent_rings.pop(key, None)
-        self._recent_rings[key] = ring
-        while len(self._recent_rings) > _RECENT_RINGS:
-            del self._recent_rings[next(iter(self._recent_rings))]
+        self._remember(key, ring)
         self._ring = ring
         self._ring_key = key
         if self.on_ring_change is not None:
@@ -490,14 +523,20 @@ class Pool:
             key = self._target
             members, weights = _split(key)
             started = time.monotonic()
+            prepared = self._prepared
             try:
-                ring = await self._builder.build(self.family, members, weights)
+                if prepared is not None and prepared[0] == key:
+                    # Built ahead by prepare() and still running: wait for it, once.
+                    self._prepared = None
+                    ring = await asyncio.shield(prepared[1])
+                else:
+                    ring = await self._builder.build(self.family, members, weights)
+                    self.ring_builds += 1
             except Exception as exc:
                 log.exception("ring build failed; retrying in %.0fs", _BUILD_RETRY)
                 self.events.emit("ring_build_failed", "", str(exc))
                 await asyncio.sleep(_BUILD_RETRY)
                 continue
-            self.ring_builds += 1
             log.debug("ring of %d built in %.3fs", len(members), time.monotonic() - started)
             if self._target == key:
                 self._install(key, ring)
@@ -506,10 +545,16 @@ class Pool:
             self._recent_rings[key] = ring
             target_names = {m[0] for m in self._target}
             derived = self._derive(ring, key, target_names)
-            if derived is not None and derived[1] == self._target:
-                if getattr(derived[0], "exact", True):
-                    self._install(derived[1], derived[0])
-                    return
+            if derived is not None and getattr(derived[0], "exact", True):
+                ring, key = derived
+            if key == self._target:
+                self._install(key, ring)
+                return
+            # Members joined while it was built: its members still serve, and it holds
+            # those that joined before it started, so it is closer to the target than the
+            # ring in use: they serve now, the later ones after the next build.
+            if key <= self._target and self._ring_key <= key:
+                self._install(key, ring)
 
     async def settled(self) -> None:
         """Return once the ring in use is the ring over the UP members (built if need be)."""
@@ -523,11 +568,19 @@ class Pool:
         """Stop a background build and the build worker."""
         if self._build_task is not None:
             self._build_task.cancel()
+        if self._prepared is not None:
+            self._prepared[1].cancel()
         if self._builder is not None:
             self._builder.close()
 
     def has_up(self) -> bool:
         return bool(self._ring.names)
+
+
+def _log_failed_prepare(task: asyncio.Task[Ring]) -> None:
+    """A build ahead that failed costs nothing but itself: ``mark_up`` builds as usual."""
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("building the next ring ahead failed: %s", task.exception())
 
 
 def _split(key: RingKey) -> tuple[dict[str, int], dict[str, int] | None]:

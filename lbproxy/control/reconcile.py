@@ -314,6 +314,7 @@ class Reconciler:
         for replica in replicas:
             replica.weight = weight
             self._pool.events.emit("added", replica.name)
+        self._pool.prepare(replicas)  # their ring is built while they start
         try:
             results = await asyncio.gather(
                 *(self._launch_ready(r) for r in replicas), return_exceptions=True
