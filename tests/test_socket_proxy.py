@@ -22,8 +22,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from lbproxy.backends.base import ReplicaHandle
+from lbproxy.backends.docker import DockerBackend
 from lbproxy.backends.swarm import SwarmBackend
 from lbproxy.config import Config, DockerConfig
+from lbproxy.errors import BackendError
 from lbproxy_tools.launcher import docker_engine_answers, free_loopback_port
 
 pytestmark = pytest.mark.docker
@@ -33,6 +36,8 @@ IMAGE = "lbproxy-socket-proxy:latest"
 POOL_NAME = "socket-proxy-test"
 NAME = f"{POOL_NAME}_c1"  # the pool's prefix: the only names the proxy lets it change
 FOREIGN = "lbproxy-socket-proxy-foreign"
+#: A replica container as lbproxy named it before names carried the pool (bare hostname).
+LEGACY = "lbproxy-socket-proxy-legacy"
 POOL = {"lbproxy.control.pool": POOL_NAME, "lbproxy.role": "replica"}
 
 if not docker_engine_answers():
@@ -114,7 +119,7 @@ def proxy() -> Iterator[str]:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
-        _docker("rm", "-f", NAME, FOREIGN)
+        _docker("rm", "-f", NAME, FOREIGN, LEGACY)
 
 
 @pytest.fixture
@@ -312,3 +317,41 @@ def test_the_image_refuses_a_pool_name_that_would_widen_its_patterns(pool: str) 
     run = _docker("run", "--rm", "--network", "none", "-e", f"LBPROXY_POOL={pool}", IMAGE)
     assert run.returncode == 1, (run.stdout, run.stderr)
     assert "cannot name a pool" in run.stderr
+
+
+@pytest.fixture
+def legacy() -> Iterator[str]:
+    """A stopped replica container of the pool under its bare hostname; its ID."""
+    _docker("rm", "-f", LEGACY)
+    made = _docker(
+        "create", "--name", LEGACY, "--network", "none",
+        "--label", f"lbproxy.control.pool={POOL_NAME}", "--label", "lbproxy.role=replica",
+        "--label", f"lbproxy.replica={LEGACY}", "--label", "lbproxy.ring-id=1",
+        "lbproxy-server:latest",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    try:
+        yield made.stdout.strip()
+    finally:
+        _docker("rm", "-f", LEGACY)
+
+
+async def test_a_bare_named_replica_is_left_to_the_operator_with_the_command(
+    proxy: str, legacy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through the proxy the balancer can change only '<pool>_' names, so a container an
+    older lbproxy named after the bare hostname cannot be removed by it (allowing it would
+    mean allowing names outside the prefix: anyone's). It says so, with the command."""
+    url = proxy.removesuffix("/v1.41").replace("http://", "tcp://")
+    backend = DockerBackend(
+        Config(backend="docker", docker=DockerConfig(pool=POOL_NAME, docker_url=url))
+    )
+    await backend.connect(lambda event: None)
+    try:
+        assert await backend.adopt() == []  # a stopped one is removed if it can be
+        assert f"docker rm -f {LEGACY}" in caplog.text
+        with pytest.raises(BackendError, match=f"docker rm -f {LEGACY}"):
+            await backend.stop(ReplicaHandle(LEGACY, "", legacy, 1), timeout=0)
+    finally:
+        await backend.close()
+    assert _docker("inspect", LEGACY).returncode == 0  # untouched: the operator's to remove

@@ -76,6 +76,20 @@ class DockerBackend(EngineBackend):
         """
         return f"{self._docker_config.pool}_{name}"
 
+    def _legacy(self, cname: str) -> bool:
+        """A container of the pool named after its bare hostname, as lbproxy named replicas
+        before names carried the pool (0da3779): the socket proxy refuses every change to it."""
+        return not cname.startswith(f"{self._docker_config.pool}_")
+
+    def _legacy_advice(self, cname: str) -> str:
+        pool = self._docker_config.pool
+        return (
+            f"container {cname!r} of pool {pool!r} is named after its bare hostname (an older "
+            f"lbproxy made it); through the socket proxy, which lets the balancer change only "
+            f"containers named '{pool}_...', the balancer cannot stop or remove it: remove it "
+            f"with `docker rm -f {cname}`"
+        )
+
     def _by_name(self, name: str) -> aiodocker.containers.DockerContainer:
         """Replica ``name``'s container, addressed by its name (what the proxy allows)."""
         return self.docker.containers.container(self.container_name(name))
@@ -184,16 +198,23 @@ class DockerBackend(EngineBackend):
         for container in containers:
             try:
                 info = await container.show()
+                cname = str(info["Name"]).lstrip("/")
                 if info["State"]["Running"]:
                     handle = self._handle_from(info)
                     handles.append(handle)
                     log.info("adopted replica %r (%s)", handle.name, handle.backend_id[:12])
-                else:
+                    if self._legacy(cname):
+                        log.warning("adopted, but: %s", self._legacy_advice(cname))
+                    continue
+                try:
                     # by name: the socket proxy refuses changes addressed by ID
-                    await self.docker.containers.container(info["Name"].lstrip("/")).delete(
-                        force=True
-                    )
-                    log.info("removed dead replica container %s", info["Name"])
+                    await self.docker.containers.container(cname).delete(force=True)
+                except aiodocker.DockerError as exc:
+                    if exc.status == 403 and self._legacy(cname):
+                        log.warning("dead replica left behind: %s", self._legacy_advice(cname))
+                        continue
+                    raise
+                log.info("removed dead replica container %s", cname)
             except (*_ENGINE_ERRORS, BackendError) as exc:
                 log.warning("skipping container %s during adoption: %s", container.id[:12], exc)
         return handles
@@ -329,7 +350,7 @@ class DockerBackend(EngineBackend):
             raise _engine_error(f"removing replica container {handle.name!r}", exc) from exc
         name = str(info["Name"]).lstrip("/")
         # A container an older lbproxy named after the bare hostname: by ID (which works
-        # on a plain socket; the proxy refuses it).
+        # on a plain socket; the proxy refuses it, and the error says what to run).
         container = self.docker.containers.container(
             name if name == self.container_name(handle.name) else handle.backend_id
         )
@@ -339,6 +360,8 @@ class DockerBackend(EngineBackend):
                     await container.stop(t=max(0, math.ceil(timeout)))
             await container.delete(force=True)
         except aiodocker.DockerError as exc:
+            if exc.status == 403 and self._legacy(name):
+                raise BackendError(self._legacy_advice(name)) from exc
             if exc.status != 404:
                 raise _engine_error(f"removing replica container {handle.name!r}", exc) from exc
         except _ENGINE_ERRORS as exc:
