@@ -1,4 +1,4 @@
-"""The balancer ships alone: ``pip install lbproxy`` and its image carry no tooling.
+"""The balancer ships alone: the lbproxy distribution and its image carry no tooling.
 
 The load client, ``lbproxy analyze`` and the launch helpers live in ``lbproxy_tools``
 (the ``lbproxy-tools`` distribution, ``pip install ./tools`` from a checkout).
@@ -52,7 +52,7 @@ def test_a_tool_command_without_the_tools_says_what_to_install(
     command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A None entry in sys.modules is how Python spells "this module cannot be imported":
-    # the same ModuleNotFoundError a `pip install lbproxy` without the extra raises.
+    # the same ModuleNotFoundError an install of lbproxy without ./tools raises.
     for name in [m for m in sys.modules if m.startswith("lbproxy_tools")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "lbproxy_tools", None)
