@@ -171,8 +171,12 @@ def _run(name: str, *, failed_at: float | None = None, scaled: bool = True) -> R
         run.samples[-1].update(queued=1234.0, redispatched=567.0, queue_timeouts=0.0)
     if scaled:
         run.events = [
-            {"time": 1000.0 + 10.4, "kind": "autoscale", "detail": "desired=3 actual=1 (panic)"},
-            {"time": 1000.0 + 14.0, "kind": "autoscale", "detail": "scaled up 1 -> 3"},
+            {"time": 1000.0 + 10.4, "kind": "autoscale", "detail": "desired=3 actual=1 mode=panic"},
+            {
+                "time": 1000.0 + 14.0,
+                "kind": "autoscale",
+                "detail": "scaled up by 2: actual=3 ready=3",
+            },
             {"time": 1000.0 + 82.0, "kind": "autoscale", "detail": "scaled down 10 -> 9"},
             {"time": 1000.0 + 14.0, "kind": "up", "detail": "Server 2"},
         ]
@@ -224,6 +228,7 @@ def test_a5_report_words_the_figures_from_a_template() -> None:
     assert "yes, no change of direction within one stable window (20 s)" in text
     assert "| the client's whole request | 585 | 585 | **585** |" in text
     assert "redispatched to another replica on a ring change" in text
+    assert "the pool was at the size the step asked for (3 replicas) 4.00 s after the step" in text
     assert "| 1,234 / 567 / 0 | - | - |" in text
     assert "{{" not in text and "{%" not in text
 

@@ -405,6 +405,7 @@ def a5_context(results: dict[str, Any]) -> dict[str, object]:
     peak = prof[3][2]
     reached = [(int(n), t) for n, t in (auto.get("ready_at") or {}).items() if t is not None]
     final_n, final_ready = max(reached) if reached else (None, None)
+    step_size, step_size_s = _step_size(auto.get("events") or [], prof[1][0])
     ratio = None
     a99, h99 = auto["settled_peak"]["p99_ms"], high["settled_peak"]["p99_ms"]
     if not (math.isnan(a99) or math.isnan(h99)) and h99 > 0:
@@ -439,6 +440,8 @@ def a5_context(results: dict[str, Any]) -> dict[str, object]:
         "settled_to": plateau_b,
         "final_n": final_n,
         "final_ready": final_ready,
+        "step_size": step_size,
+        "step_size_s": step_size_s,
         "ratio": ratio,
         "stable_window": stable_window,
         "reversals": _reversals(auto.get("events") or [], prof, stable_window),
@@ -453,6 +456,24 @@ def a5_context(results: dict[str, Any]) -> dict[str, object]:
             for key in ("decision_ms", "launched_ms", "up_ms", "client_ms")
         },
     }
+
+
+def _step_size(events: list[tuple[float, str]], step: float) -> tuple[int | None, float | None]:
+    """The pool the step's first scale-up decision asked for, and the seconds after the
+    step at which a completed change (``scaled up by N: actual=X ...``) reached it."""
+    size = None
+    for t, detail in events:
+        if t < step:
+            continue
+        if size is None and detail.startswith("desired="):
+            fields = dict(f.split("=", 1) for f in detail.split() if "=" in f)
+            if int(fields["desired"]) > int(fields.get("actual", 0)):
+                size = int(fields["desired"])
+        elif size is not None and detail.startswith("scaled up") and "actual=" in detail:
+            actual = int(detail.split("actual=")[1].split()[0])
+            if actual >= size:
+                return size, t - step
+    return size, None
 
 
 def _reversals(
