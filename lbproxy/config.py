@@ -33,10 +33,33 @@ SAMPLE_INTERVAL = 0.05
 class HealthConfig:
     """Heartbeat polling, HAProxy-style: ``fall`` misses mark a replica down, ``rise`` passes up."""
 
-    interval: float = seconds(1.0, "--heartbeat-interval", "seconds between heartbeat rounds")
+    #: Each replica is checked once per interval on its own phase (HAProxy's start_checks):
+    #: replica i of N at i/N of it, a replica that joins in the middle of a free gap, so the
+    #: probes are spread over the interval instead of sent in one burst (control/health.py).
+    interval: float = seconds(
+        1.0, "--heartbeat-interval", "seconds between two heartbeats of a replica"
+    )
     timeout: float = seconds(0.5, "--heartbeat-timeout", "seconds a heartbeat may take")
     fall: int = count(2, "--fall", "missed heartbeats in a row that mark a replica down")
     rise: int = count(1, "--rise", "passed heartbeats in a row that mark a new replica up")
+    #: HAProxy's global ``spread-checks``: each delay between two checks of a replica is
+    #: drawn from the interval +/- this percent of it (uniform). 0, HAProxy's default too,
+    #: because the phases then stay exactly evenly spread, which is what keeps the probes
+    #: from bunching; any jitter accumulates (a random walk) and at N = 100 turns them random
+    #: within a minute, up to 6 probes in one 10 ms instead of 1 (bench/heartbeat_spread.py,
+    #: docs/convergence.md "Heartbeat schedule"). For checks that must not keep a fixed beat.
+    spread_checks: int = setting(
+        0,
+        "--spread-checks",
+        "randomise each heartbeat interval by +/- this percent, 0-50 (HAProxy's spread-checks; "
+        "0 keeps the replicas' phases evenly spread)",
+        parse=int,
+        ge=0,
+        le=50,
+        doc="randomise each delay between two heartbeats of a replica by +/- this percent of "
+        "`--heartbeat-interval`, 0-50 (HAProxy's `spread-checks`); 0 keeps the replicas' "
+        "phases evenly spread over the interval",
+    )
     #: What a heartbeat asks and which statuses pass (inclusive range; SPEC: any 2xx).
     path: str = setting(
         "/heartbeat",

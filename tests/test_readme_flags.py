@@ -58,7 +58,9 @@ def test_the_generator_writes_one_row_per_flag_from_the_declarations() -> None:
     assert table[:2] == ["| flag | default | meaning |", "|---|---|---|"]
     assert len(table) - 2 == len(_serve_flags())
     rows = {row.split(" | ")[0].removeprefix("| "): row for row in table[2:]}
-    assert rows["`--heartbeat-interval`"].endswith("| 1 s | seconds between heartbeat rounds |")
+    assert rows["`--heartbeat-interval`"].endswith(
+        "| 1 s | seconds between two heartbeats of a replica |"
+    )
     assert "| 16 MiB |" in rows["`--max-body`"]
     assert "| unset (off) |" in rows["`--autoscale MIN:MAX`"]
     assert rows["`--log-level`"].endswith("`debug`, `info`, `warning`, `error` |")
