@@ -236,3 +236,44 @@ async def test_a_balancer_leaves_no_segment_after_shutdown(tmp_path: Path) -> No
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+#: A table size no other test builds, so the worker's kept state for it is this test's.
+_DERIVE_SLOTS = 10_007
+
+
+class _MustDerive(MaglevFamily):
+    """Refuses (in the worker) a build that did not derive from a kept state."""
+
+    def build_with_state(
+        self,
+        previous: object,
+        members: Mapping[str, int],
+        weights: Mapping[str, int] | None = None,
+    ) -> tuple[Ring, object]:
+        ring, state = super().build_with_state(previous, members, weights)
+        if getattr(state, "how", None) != "derived":
+            raise AssertionError(f"the worker built {len(members)} members in full")
+        return ring, state
+
+
+async def test_the_worker_derives_additions_and_they_equal_a_build() -> None:
+    """Issue 10: the worker derives the next ring from the last one it built; through the
+    shared-memory hand-back it is the full build's equal, table and pair counts."""
+    family = _MustDerive("maglev", slots=_DERIVE_SLOTS)
+    builder = RingBuilder()
+    await builder.build(MaglevFamily("maglev", slots=_DERIVE_SLOTS), _members(10))
+    steps: list[tuple[dict[str, int], dict[str, int] | None]] = [
+        (_members(11), None),  # an addition
+        (_members(11), {"S3": 2}),  # a weight change
+        ({n: i for n, i in _members(12).items() if n != "S5"}, {"S3": 2}),  # one in, one out
+    ]
+    for members, weights in steps:
+        ring = await builder.build(family, members, weights)
+        reference = family.build(members, weights)
+        assert isinstance(ring, MaglevRing) and isinstance(reference, MaglevRing)
+        assert isinstance(ring._keep, mmap.mmap)  # it came back through shared memory
+        assert bytes(ring._table) == bytes(reference._table)
+        assert ring._pairs is not None and reference._pairs is not None
+        assert [bytes(a) for a in ring._pairs] == [bytes(a) for a in reference._pairs]
+    assert _ours() == []
