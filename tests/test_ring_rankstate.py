@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbproxy.ring import offload, rankstate
+from lbproxy.ring import maglev, offload, rankstate
 from lbproxy.ring.maglev import MaglevFamily, MaglevRing
 
 pytestmark = pytest.mark.unit
@@ -139,3 +139,14 @@ def test_a_refused_build_keeps_the_workers_state() -> None:
         offload._build_remembering(family, members, None)
     assert spent.spent and family.state_key not in offload._states
     offload._states.clear()
+
+
+def test_pair_counts_by_bincount_equal_the_sort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small value ranges count pairs with ``np.bincount``, large ones sort (N >= 2048)."""
+    family = MaglevFamily(slots=4099)
+    members = {f"r{i}": i for i in range(1, 41)}
+    counted = family.build(members, {"r7": 3})
+    monkeypatch.setattr(maglev, "_BINCOUNT_BITS", 0)
+    sorted_ = family.build(members, {"r7": 3})
+    assert isinstance(counted, MaglevRing) and isinstance(sorted_, MaglevRing)
+    same_ring(counted, sorted_)
