@@ -483,3 +483,44 @@ def test_replicas_that_get_slower_are_sized_by_in_flight_again() -> None:
     assert grew and all(d.reason == "panic (lagging)" for d in grew), [d.detail() for d in grew]
     # ...and the pool grows to what the new service time needs.
     assert decisions[-1].desired >= math.ceil(rate * 1.0 / config.target)
+
+
+@pytest.mark.parametrize("answers", [False, True])
+def test_a_panic_that_asks_for_more_is_decided_at_the_sample(answers: bool) -> None:
+    """8 clients in a closed loop on a 50 ms endpoint start at once, at a target of 2.
+    The panic starts when its window averages 4 in flight (half of it still from before
+    the clients), asks for 2, then 3 right after the new replicas are in (in-process
+    replicas start at once), and then nothing decided again until the next tick: the
+    in-process test with a 60 s tick timed out once in 17 runs with 3 of the 4 replicas
+    the load needs. Now the sample at which the panic asks for more decides, by the
+    in-flight window or, once the panic's own answers give a service time, by rate x
+    service time (8 x 50 ms / 2 = 4)."""
+    config = AutoscaleConfig(
+        enabled=True, min_replicas=1, max_replicas=4, target=2.0, tick=60.0,
+        sample_interval=0.02, stable_window=1.0, panic_window=0.2, scale_down_delay=0.5,
+    )  # fmt: skip
+    decider = Decider(config, 0.0)
+    answered, latency = 0, 0.0
+    actual = ready = 1
+    follow_up = -1.0
+    for step in range(1, 100):
+        now = step * config.sample_interval
+        in_flight = 8.0 if now > 0.2 else 0.0
+        if now > 0.25:  # answers from 50 ms after the clients began: 160 per second
+            answered += 3
+            latency += 3 * 0.05
+        if answers:
+            decider.observe(now, in_flight, answered, answered=answered, latency=latency)
+        else:
+            decider.observe(now, in_flight, answered)
+        # As Autoscaler.run with a 60 s tick; each change is in one sample later, and a
+        # follow-up decision comes then.
+        if (
+            decider.panic_starts(now, ready)
+            or decider.panic_grows(now, actual)
+            or (0 <= follow_up <= now)
+        ):
+            d = decider.decide(now, actual, ready)
+            follow_up = now + config.sample_interval if d.desired != actual else -1.0
+            actual = ready = d.desired
+    assert actual == 4

@@ -164,9 +164,10 @@ class Decider:
         self._manual_until = -math.inf
         # Little's law inputs: (time, cumulative arrivals = answered + in flight, answered)
         # over the panic window, and the mean latency of each calm sample's answers.
-        self._rate_span = config.panic_window * RATE_SHARE
+        self._rate_span = max(config.panic_window * RATE_SHARE, 5 * config.sample_interval)
         self._flow: deque[tuple[float, float, int]] = deque()
         self._service: deque[tuple[float, float]] = deque()
+        self._panic_service: deque[tuple[float, float]] = deque()
         self._answered: int | None = None
         self._latency = 0.0
         self._sized_since: float | None = None  # in panic: ready >= the Little's-law size
@@ -203,15 +204,17 @@ class Decider:
         while len(flow) > 2 and flow[1][0] <= now - self.config.panic_window:
             flow.popleft()
         if self._answered is not None and answered > self._answered:
-            # Calm samples only: in a panic every answer has waited in the backlog that
-            # started it (and a backlog stuck in one replica's connections drains for many
-            # seconds); the window keeps the last stable window of calm samples.
-            if self._panic_since is None:
-                mean = (latency - self._latency) / (answered - self._answered)
-                self._service.append((now, mean))
-                service = self._service
-                while service[0][0] <= now - self.config.stable_window:
-                    service.popleft()
+            # Calm samples: in a panic every answer has waited in the backlog that started
+            # it (and a backlog stuck in one replica's connections drains for many seconds);
+            # the window keeps the last stable window of calm samples. Panic samples only
+            # stand in while there is no calm one (traffic that started with the panic).
+            mean = (latency - self._latency) / (answered - self._answered)
+            calm = self._panic_since is None
+            service = self._service if calm else self._panic_service
+            service.append((now, mean))
+            span = self.config.stable_window if calm else self.config.panic_window
+            while service[0][0] <= now - span:
+                service.popleft()
         self._answered, self._latency = answered, latency
 
     def _rates(self, span: float) -> tuple[float, float] | None:
@@ -237,11 +240,14 @@ class Decider:
 
         Queueing only adds to a latency, and a calm pool queues little, so this is what a
         request costs, the S of Little's law. A panic does not move it at all: if the
-        service time itself changed, ``_keeping_up`` notices.
+        service time itself changed, ``_keeping_up`` notices. Without calm samples (the
+        traffic started with the panic) the panic window's samples stand in: they include
+        its queueing, as the in-flight count would.
         """
-        if len(self._service) < MIN_SERVICE_SAMPLES:
-            return None
-        return statistics.median(mean for _, mean in self._service)
+        for service in (self._service, self._panic_service):
+            if len(service) >= MIN_SERVICE_SAMPLES:
+                return statistics.median(mean for _, mean in service)
+        return None
 
     def _keeping_up(self) -> bool:
         """Whether the pool answered, over the panic window, about as many requests per
@@ -308,6 +314,19 @@ class Decider:
         """Whether a decision now would enter panic: a load step is decided at the sample
         that sees it, not up to a tick later (the pool then serves that much sooner)."""
         return self._panic_since is None and self._panic_condition(self._panic.mean(now), ready)
+
+    def panic_grows(self, now: float, actual: int) -> bool:
+        """While panicking: whether the load now asks for more than ``actual``, so that
+        it is decided at the sample that sees it too. A panic that starts while clients
+        are still arriving sees only part of them at its first decision; with nothing
+        else to wake it, the rest waited for the next tick."""
+        c = self.config
+        if self._panic_since is None or actual >= c.max_replicas:
+            return False
+        rate, service = self.rate(), self.service_time()
+        if rate is not None and service is not None:
+            return self._banded(rate * service / c.target, actual) > actual
+        return self._banded(self._panic.mean(now) / c.target, actual) > actual
 
     def decide(self, now: float, actual: int, ready: int) -> Decision:
         c = self.config
@@ -539,11 +558,14 @@ class Autoscaler:
                 if held:
                     decider.activity(now)
                 # Decisions keep to the tick, except: a wake for an empty pool (a cold
-                # start) or after a scale-up, and a load step that starts a panic.
+                # start) or after a scale-up, a load step that starts a panic, and a
+                # panic that asks for more.
+                idle = self._action is None
                 if (
                     now >= next_tick
-                    or (woken and self._action is None and (held or self._follow_up))
-                    or (self._action is None and decider.panic_starts(now, self.ready()))
+                    or (woken and idle and (held or self._follow_up))
+                    or (idle and decider.panic_starts(now, self.ready()))
+                    or (idle and decider.panic_grows(now, len(self._pool)))
                 ):
                     self._follow_up = False
                     next_tick = now + c.tick
