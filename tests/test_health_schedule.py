@@ -20,7 +20,7 @@ import pytest
 
 from lbproxy.backends.base import ReplicaHandle
 from lbproxy.config import Config, ConfigError, HealthConfig
-from lbproxy.control.health import CheckSchedule, HealthMonitor
+from lbproxy.control.health import CheckSchedule, HealthMonitor, Probe
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.ring import make_family
 
@@ -236,7 +236,12 @@ def join(pool: Pool, name: str, backend_id: str = "") -> Replica:
 
 
 def monitor_for(
-    pool: Pool, recorder: Recorder, downs: list[tuple[str, str]] | None = None, **health: Any
+    pool: Pool,
+    recorder: Recorder,
+    downs: list[tuple[str, str]] | None = None,
+    *,
+    probe: Probe | None = None,
+    **health: Any,
 ) -> HealthMonitor:
     sink = downs if downs is not None else []
     return HealthMonitor(
@@ -244,7 +249,7 @@ def monitor_for(
         None,  # type: ignore[arg-type]  # the recorder is the probe: no HTTP
         HealthConfig(**{"interval": 1.0, **health}),
         lambda replica, why: sink.append((replica.name, why)),
-        probe=recorder,
+        probe=probe if probe is not None else recorder,
         rng=random.Random(1),
     )
 
@@ -366,3 +371,38 @@ async def test_a_replica_that_leaves_is_no_longer_probed() -> None:
         seen = len(recorder.times("http://S0"))
         await recorder.until(lambda: len(recorder.times("http://S1")) >= 4)
         assert len(recorder.times("http://S0")) == seen
+
+
+async def test_a_replica_removed_between_two_looks_is_never_probed() -> None:
+    """40 replicas 25 ms apart, the monitor looking for leavers every 100 ms: S2 leaves at
+    S1's probe (25 ms), before the next look and before its own probe is due (50 ms)."""
+    pool = up_pool(40)
+    recorder = Recorder()
+
+    async def probe(url: str) -> bool:
+        if url == "http://S1" and "S2" in pool:
+            pool.remove("S2")
+        return await recorder(url)
+
+    monitor = monitor_for(pool, recorder, probe=probe)
+    with virtual_time(), running(monitor):
+        await recorder.until(lambda: len(recorder.times("http://S3")) >= 2)
+        assert "S2" not in pool
+        assert recorder.times("http://S2") == []
+
+
+async def test_a_probe_slower_than_the_interval_is_followed_at_once_not_overlapped() -> None:
+    pool = up_pool(2)
+    recorder = Recorder()
+    recorder.hold["http://S0"] = release = asyncio.Event()
+    monitor = monitor_for(pool, recorder, timeout=5.0)
+    with virtual_time(), running(monitor):
+        # S1 is probed every interval while S0's first probe hangs: S0 is not probed again.
+        await recorder.until(lambda: len(recorder.times("http://S1")) >= 3)
+        assert len(recorder.times("http://S0")) == 1
+        del recorder.hold["http://S0"]
+        released_at = asyncio.get_running_loop().time()
+        release.set()
+        await recorder.until(lambda: len(recorder.times("http://S0")) >= 2)
+        # Its next check was overdue: it follows at once, then keeps its fixed rate.
+        assert recorder.times("http://S0")[1] == pytest.approx(released_at)
