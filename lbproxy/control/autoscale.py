@@ -236,7 +236,7 @@ class Decider:
 
     def service_time(self) -> float | None:
         """Seconds per request: the median of the 50 ms mean latencies of the last stable
-        window of calm samples (none are taken while panicking).
+        window of calm samples (the samples taken while panicking are kept apart).
 
         Queueing only adds to a latency, and a calm pool queues little, so this is what a
         request costs, the S of Little's law. A panic does not move it at all: if the
