@@ -37,7 +37,8 @@ parsed that no in-process timer can see.
 
 Writes bench/results/tail-<time>-<tag>.json and tail-<tag>.md, and prints the tables.
 BENCH_CONNECTIONS (``64,500,1500``), BENCH_ROUNDS, BENCH_DURATION, BENCH_WARMUP,
-BENCH_TAG, BENCH_PIN=0 and BENCH_LBPROXY_ARGS work as in http_bench.py.
+BENCH_QUICK=1 (one round of 1 s warm-up + 3 s per point), BENCH_TAG, BENCH_PIN=0 and
+BENCH_LBPROXY_ARGS work as in http_bench.py.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from common import (
     machine_info,
     owned_processes,
     pin,
+    quick,
     run_main,
     tag,
     wait_http,
@@ -458,24 +460,32 @@ def tables(runs: list[TailRun], points: list[int]) -> tuple[str, list[dict[str, 
     return text, verdicts
 
 
-def main() -> int:
-    check_tools()
+def settings() -> Settings:
+    """The load shape from the environment; BENCH_QUICK=1 (`make bench`'s smoke run) is one
+    round of 3 s per point, as in http_bench.py, not the two full rounds."""
+    q = quick()
     cpus = sorted(os.sched_getaffinity(0))
     pinning = len(cpus) >= 2 and env_number("BENCH_PIN", 1) != 0
     raw_points = os.environ.get("BENCH_CONNECTIONS", "") or "64,500,1500"
     points = [int(p) for p in raw_points.split(",") if p.strip()]
-    cfg = Settings(
-        rounds=int(env_number("BENCH_ROUNDS", 2)),
-        duration=int(env_number("BENCH_DURATION", 8)),
-        warmup=int(env_number("BENCH_WARMUP", 2)),
+    return Settings(
+        rounds=int(env_number("BENCH_ROUNDS", 1 if q else 2)),
+        duration=int(env_number("BENCH_DURATION", 3 if q else 8)),
+        warmup=int(env_number("BENCH_WARMUP", 1 if q else 2)),
         connections=points[0],
         points=points,
         idle=0,
         profile_seconds=0,
-        deadline=env_number("BENCH_DEADLINE", 420),
+        deadline=env_number("BENCH_DEADLINE", 180 if q else 420),
         proxy_cpus={cpus[0]} if pinning else None,
         load_cpus=set(cpus[1:]) if pinning else None,
     )
+
+
+def main() -> int:
+    check_tools()
+    cfg = settings()
+    points = cfg.points
     revision = lbproxy_revision()
     log(
         f"tail bench: lbproxy {revision} vs HAProxy, own replicas each, maxconn {MAXCONN}, "
