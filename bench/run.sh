@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: tools, then the HTTP comparison with a profile, then memory and ring figures.
-#   BENCH_QUICK=1      short runs for a smoke test (about a minute)
+#   BENCH_QUICK=1      short runs for a smoke test (about 2.5 minutes)
 #   BENCH_CONNECTIONS  load points (default 64,500,1500); BENCH_IDLE idle clients (10000)
 #   BENCH_ONLY=http    only the HTTP comparison (+ profile); =tail: only bench/tail.py
 #                      (lbproxy vs HAProxy, own replicas each); =memory: only memory
