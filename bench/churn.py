@@ -1,5 +1,8 @@
 """Membership churn under steady load: does a ring change stall the requests around it?
 
+``--replica nginx`` runs nginx replicas (bench/nginx_replica.sh) that boot in milliseconds:
+what a change then costs the load is the balancer's share alone.
+
 Two parts, both printing Markdown tables (issue 10's churn benchmark, docs/performance.md):
 
 **Process level** (``--replicas 3,100``): a real ``lbproxy serve --backend process`` with N
@@ -236,7 +239,9 @@ async def churn_run(
         async def kill() -> None:
             before = up_pids(await _status(admin, admin_url))
             victim = sorted(before)[-1]
-            os.kill(int(before[victim]), signal.SIGKILL)
+            # the replica's whole process group: its pid leads it (server_app itself, or
+            # the wrapper shell of a --replica-cmd, which alone would leave nginx running)
+            os.killpg(int(before[victim]), signal.SIGKILL)
             await _wait(
                 admin,
                 admin_url,
@@ -270,7 +275,7 @@ async def churn_run(
 
         async def eject() -> None:
             victim, pid, owned = chosen["victim"], chosen["pid"], chosen["owned"]
-            os.kill(pid, signal.SIGSTOP)
+            os.killpg(pid, signal.SIGSTOP)
             try:
                 timeout = aiohttp.ClientTimeout(total=10)
                 async with aiohttp.ClientSession(timeout=timeout) as trig:
@@ -290,7 +295,7 @@ async def churn_run(
                     5,
                 )
             finally:
-                os.kill(pid, signal.SIGCONT)
+                os.killpg(pid, signal.SIGCONT)
             await _wait(admin, admin_url, lambda s: victim in s["ring"], limit)
             load.ids = []
 
@@ -301,9 +306,7 @@ async def churn_run(
             port = free_port()
             env = {**clean_env(), "PORT": str(port), "SERVER_ID": "spawn", "HOST": "127.0.0.1"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "server_app",
+                *spawn_argv(args.replica, port, "spawn"),
                 env=env,
                 cwd=str(ROOT),
                 stdout=asyncio.subprocess.DEVNULL,
@@ -370,6 +373,25 @@ def _tree_has(tree: Path, word: str) -> bool:
     return any(word in p.read_text() for p in (tree / "lbproxy").glob("*.py"))
 
 
+#: ``--replica nginx``: a replica that boots in milliseconds, so a change's cost to the load
+#: is the balancer's alone (a server_app boot costs about a core for ~0.3 s on its own).
+NGINX_REPLICA = ROOT / "bench" / "nginx_replica.sh"
+
+
+def replica_flags(kind: str) -> list[str]:
+    """``lbproxy serve`` flags for the replicas the bench runs."""
+    if kind == "nginx":
+        return ["--replica-cmd", f"sh {NGINX_REPLICA} {{port}} {{name}}"]
+    return []
+
+
+def spawn_argv(kind: str, port: int, name: str) -> list[str]:
+    """The spawn step's command: one replica of the bench's kind, beside the balancer."""
+    if kind == "nginx":
+        return ["sh", str(NGINX_REPLICA), str(port), name]
+    return [sys.executable, "-m", "server_app"]
+
+
 def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     env = clean_env()
     if tree != ROOT:
@@ -397,6 +419,7 @@ def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str
         "--eject-after",
         str(args.eject_after),
         *extra,
+        *replica_flags(args.replica),
     )
     url = f"http://127.0.0.1:{port}"
     with owned_processes(600 + 3 * n) as procs:
@@ -583,6 +606,13 @@ def main() -> int:
         type=int,
         default=1,
         help="ring level: idle windows and additions measured this many times (worst shown)",
+    )
+    p.add_argument(
+        "--replica",
+        choices=("server_app", "nginx"),
+        default="server_app",
+        help="what the replicas run: server_app (Python, the default) or nginx "
+        "(bench/nginx_replica.sh: boots in milliseconds, so a change costs only the balancer)",
     )
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--steady", type=float, default=3.0, help="steady seconds before each change")
