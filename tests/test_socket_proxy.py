@@ -355,3 +355,33 @@ async def test_a_bare_named_replica_is_left_to_the_operator_with_the_command(
     finally:
         await backend.close()
     assert _docker("inspect", LEGACY).returncode == 0  # untouched: the operator's to remove
+
+
+def test_docker_stop_stops_the_proxy_by_itself() -> None:
+    """`docker stop` (and `docker compose down`) sends SIGTERM to PID 1. A process that is
+    PID 1 of its namespace gets no signal it has not installed a handler for, and HAProxy
+    outside master-worker mode leaves SIGTERM to the default action: the proxy sat out the
+    grace period and was SIGKILLed (exit 137). It must exit by itself (0, or 143)."""
+    if not _image_present():
+        pytest.skip(f"{IMAGE} not built (scripts/ensure-images.sh)")
+    port = free_loopback_port()
+    run = _docker(
+        "run", "-d", "-p", f"127.0.0.1:{port}:2375",
+        "-v", "/var/run/docker.sock:/var/run/docker.sock",
+        "-e", f"LBPROXY_POOL={POOL_NAME}", IMAGE,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    container = run.stdout.strip()
+    try:
+
+        def alive() -> bool:
+            state = _docker("inspect", "-f", "{{.State.Running}}", container).stdout
+            return state.strip() == "true"
+
+        _wait_listening(port, alive)  # HAProxy runs (not the entrypoint's shell still)
+        stop = _docker("stop", "-t", "10", container)  # returns once the container is down
+        assert stop.returncode == 0, stop.stderr
+        code = _docker("inspect", "-f", "{{.State.ExitCode}}", container).stdout.strip()
+        assert code in ("0", "143"), f"exit code {code}: SIGKILLed after ignoring SIGTERM"
+    finally:
+        _docker("rm", "-f", container)
