@@ -1,0 +1,113 @@
+"""Replica processes are forked off the event loop's thread and their exits read from pidfds.
+
+A fork on the loop thread stalled every request in flight for 9-12 ms per spawn on a busy
+machine (docs/performance.md, "The balancer's own share"); these pin where the fork runs and
+that the loop still learns each exit status, without timing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+import pytest
+
+from lbproxy.backends import spawner as spawner_module
+from lbproxy.backends.spawner import Spawner, spawn_supported
+
+pytestmark = [
+    pytest.mark.inprocess,
+    pytest.mark.skipif(not spawn_supported(), reason="no pidfd_open on this kernel"),
+]
+
+
+async def test_the_fork_runs_off_the_loop_thread_on_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    forked_on: list[int] = []
+    real = subprocess.Popen
+
+    def recording(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        forked_on.append(threading.get_ident())
+        return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(spawner_module.subprocess, "Popen", recording)
+    spawner = Spawner()
+    try:
+        children = [
+            await spawner.spawn(["/bin/sh", "-c", "exit 0"], env=dict(os.environ), preexec_fn=None)
+            for _ in range(3)
+        ]
+        assert [await child.wait() for child in children] == [0, 0, 0]
+    finally:
+        spawner.close()
+    loop_thread = threading.get_ident()
+    assert loop_thread not in forked_on
+    # One long-lived thread: the parent-death signal follows the thread that forked.
+    assert len(set(forked_on)) == 1
+
+
+async def test_exit_codes_and_signals_come_back_through_the_pidfd() -> None:
+    spawner = Spawner()
+    try:
+        exits = await spawner.spawn(
+            ["/bin/sh", "-c", "exit 3"], env=dict(os.environ), preexec_fn=None
+        )
+        assert await exits.wait() == 3 and exits.returncode == 3
+        sleeper = await spawner.spawn(["sleep", "60"], env=dict(os.environ), preexec_fn=None)
+        assert sleeper.returncode is None
+        # its own session: the pid leads its process group, as the backend relies on
+        assert os.getpgid(sleeper.pid) == sleeper.pid
+        os.killpg(sleeper.pid, signal.SIGKILL)
+        assert await sleeper.wait() == -signal.SIGKILL
+    finally:
+        spawner.close()
+
+
+async def test_a_missing_command_raises_like_create_subprocess_exec() -> None:
+    spawner = Spawner()
+    try:
+        with pytest.raises(OSError):
+            await spawner.spawn(
+                ["/nonexistent/lbproxy-replica"], env=dict(os.environ), preexec_fn=None
+            )
+    finally:
+        spawner.close()
+
+
+async def test_a_closed_spawner_starts_nothing() -> None:
+    spawner = Spawner()
+    spawner.close()
+    with pytest.raises(OSError, match="closed"):
+        await spawner.spawn(["/bin/true"], env=dict(os.environ), preexec_fn=None)
+
+
+async def test_the_process_backend_forks_off_the_loop_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The failing test first: the backend forked on the loop thread (create_subprocess_exec)."""
+    from lbproxy.backends.base import BackendEvent
+    from lbproxy.backends.process import ProcessBackend
+    from lbproxy.config import Config
+
+    forked_on: list[int] = []
+    real = subprocess.Popen
+
+    def recording(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
+        forked_on.append(threading.get_ident())
+        return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(subprocess, "Popen", recording)
+    backend = ProcessBackend(Config(replica_cmd="exec sleep 30"))
+    deaths: list[BackendEvent] = []
+    await backend.open(deaths.append)
+    try:
+        handle = await backend.launch("S1", 1)
+        assert [h.name for h in await backend.list()] == ["S1"]
+        await backend.stop(handle, timeout=0.0)
+        assert await backend.list() == []
+    finally:
+        await backend.close()
+    assert forked_on and threading.get_ident() not in forked_on
