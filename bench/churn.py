@@ -420,6 +420,7 @@ def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str
         str(args.eject_after),
         *extra,
         *replica_flags(args.replica),
+        *args.serve_args.split(),
     )
     url = f"http://127.0.0.1:{port}"
     with owned_processes(600 + 3 * n) as procs:
@@ -613,6 +614,12 @@ def main() -> int:
         default="server_app",
         help="what the replicas run: server_app (Python, the default) or nginx "
         "(bench/nginx_replica.sh: boots in milliseconds, so a change costs only the balancer)",
+    )
+    p.add_argument(
+        "--serve-args",
+        default="",
+        help="more `lbproxy serve` flags for every tree, e.g. '--hash rendezvous' (no build "
+        "worker: tells the worker's share of a change from the rest)",
     )
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--steady", type=float, default=3.0, help="steady seconds before each change")
