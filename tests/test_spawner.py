@@ -15,7 +15,10 @@ import threading
 import pytest
 
 from lbproxy.backends import spawner as spawner_module
+from lbproxy.backends.base import BackendEvent
+from lbproxy.backends.process import ProcessBackend
 from lbproxy.backends.spawner import Spawner, spawn_supported
+from lbproxy.config import Config
 
 pytestmark = [
     pytest.mark.inprocess,
@@ -23,17 +26,21 @@ pytestmark = [
 ]
 
 
-async def test_the_fork_runs_off_the_loop_thread_on_one_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    forked_on: list[int] = []
+@pytest.fixture
+def forked_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread of every ``subprocess.Popen`` call from now on (each still starts)."""
+    threads: list[int] = []
     real = subprocess.Popen
 
     def recording(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        forked_on.append(threading.get_ident())
+        threads.append(threading.get_ident())
         return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
 
     monkeypatch.setattr(spawner_module.subprocess, "Popen", recording)
+    return threads
+
+
+async def test_the_fork_runs_off_the_loop_thread_on_one_thread(forked_on: list[int]) -> None:
     spawner = Spawner()
     try:
         children = [
@@ -84,22 +91,8 @@ async def test_a_closed_spawner_starts_nothing() -> None:
         await spawner.spawn(["/bin/true"], env=dict(os.environ), preexec_fn=None)
 
 
-async def test_the_process_backend_forks_off_the_loop_thread(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_the_process_backend_forks_off_the_loop_thread(forked_on: list[int]) -> None:
     """The failing test first: the backend forked on the loop thread (create_subprocess_exec)."""
-    from lbproxy.backends.base import BackendEvent
-    from lbproxy.backends.process import ProcessBackend
-    from lbproxy.config import Config
-
-    forked_on: list[int] = []
-    real = subprocess.Popen
-
-    def recording(*args: object, **kwargs: object) -> subprocess.Popen[bytes]:
-        forked_on.append(threading.get_ident())
-        return real(*args, **kwargs)  # type: ignore[call-overload,no-any-return]
-
-    monkeypatch.setattr(subprocess, "Popen", recording)
     backend = ProcessBackend(Config(replica_cmd="exec sleep 30"))
     deaths: list[BackendEvent] = []
     await backend.open(deaths.append)
