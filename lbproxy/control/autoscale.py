@@ -320,13 +320,18 @@ class Decider:
         it is decided at the sample that sees it too. A panic that starts while clients
         are still arriving sees only part of them at its first decision; with nothing
         else to wake it, the rest waited for the next tick."""
-        c = self.config
-        if self._panic_since is None or actual >= c.max_replicas:
+        if self._panic_since is None or actual >= self.config.max_replicas:
             return False
+        return self._wanted_now(now, actual)[0] > actual
+
+    def _wanted_now(self, now: float, actual: int) -> tuple[int, bool]:
+        """What the load asks now, and whether Little's law sized it (concurrency = arrival
+        rate x service time); the in-flight panic window where it cannot be measured (no
+        answers yet)."""
         rate, service = self.rate(), self.service_time()
         if rate is not None and service is not None:
-            return self._banded(rate * service / c.target, actual) > actual
-        return self._banded(self._panic.mean(now) / c.target, actual) > actual
+            return self._banded(rate * service / self.config.target, actual), True
+        return self._banded(self._panic.mean(now) / self.config.target, actual), False
 
     def decide(self, now: float, actual: int, ready: int) -> Decision:
         c = self.config
@@ -334,13 +339,7 @@ class Decider:
         panic = self._panic.mean(now)
         want_stable = self._banded(stable / c.target, actual)
         want_panic = self._banded(panic / c.target, actual)
-        # What the load asks now, by Little's law (concurrency = arrival rate x service
-        # time); the in-flight panic window where it cannot be measured (no answers yet).
-        rate, service = self.rate(), self.service_time()
-        sized = rate is not None and service is not None
-        want_now = want_panic
-        if rate is not None and service is not None:
-            want_now = self._banded(rate * service / c.target, actual)
+        want_now, sized = self._wanted_now(now, actual)
         if sized and want_now <= ready:
             if self._sized_since is None:
                 self._sized_since = now
@@ -422,7 +421,16 @@ class Decider:
             # recommended for the larger pool.
             self._recs = deque([(now, desired)])
         return Decision(
-            now, desired, actual, ready, stable, panic, panicking, reason, rate, service
+            now,
+            desired,
+            actual,
+            ready,
+            stable,
+            panic,
+            panicking,
+            reason,
+            self.rate(),
+            self.service_time(),
         )
 
 
