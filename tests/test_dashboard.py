@@ -35,7 +35,7 @@ from aiohttp import web
 
 from lbproxy.config import Config, HealthConfig, ProxyConfig
 from lbproxy.server import BalancerServer
-from lbproxy.views import dashboard
+from lbproxy.views import dashboard, openapi
 from lbproxy.views.dashboard import DASHBOARD, DashboardHub
 from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
@@ -268,7 +268,10 @@ async def test_stream_cap_answers_503_in_spec_shape(
         await two.next()
         async with lb.client.get(lb.url + STREAM) as resp:
             assert resp.status == 503
-            assert resp.headers["Retry-After"]
+            # RFC 9110 15.6.4 / 10.2.3: when to come back, as the OpenAPI document declares
+            refused = openapi.OPENAPI["paths"][STREAM]["get"]["responses"]["503"]
+            (declared,) = refused["headers"]["Retry-After"]["schema"]["enum"]
+            assert resp.headers["Retry-After"] == declared == str(dashboard.RETRY_MS // 1000)
             body = await resp.json()
         assert body["status"] == "failure"
         assert body["message"].startswith("<Error> too many dashboard streams")

@@ -226,6 +226,9 @@ class Operation:
     head: bool = True
     #: Documented failures (SPEC's body) by status, beyond the 401/413/405 added for all.
     errors: tuple[tuple[int, str], ...] = ()
+    #: Headers of those failures, each with its one value: (status, name, value), such as
+    #: a 503's ``Retry-After`` (RFC 9110 10.2.3).
+    error_headers: tuple[tuple[int, str, str], ...] = ()
     #: Needs ``Authorization: Bearer`` when the balancer has an admin token.
     token: bool = False
     query: tuple[dict[str, Any], ...] = ()

@@ -21,7 +21,7 @@ from aiohttp import web
 from lbproxy.control.admin import MAX_ADMIN_BODY, OPERATIONS
 from lbproxy.control.api import AddRequest, ChangeRequest, Operation, WeightRequest, schema
 from lbproxy.control.pool import MAX_WEIGHT
-from lbproxy.views.dashboard import PAGE_PATH, STREAM_PATH
+from lbproxy.views.dashboard import PAGE_PATH, RETRY_MS, STREAM_PATH
 
 __all__ = ["OPENAPI", "OPENAPI_PATH", "document", "openapi_handler", "register"]
 
@@ -90,6 +90,8 @@ VIEW_OPERATIONS: tuple[Operation, ...] = (
                 "retry after `Retry-After` seconds.",
             ),
         ),
+        # RFC 9110 15.6.4: a 503 may say when to come back (10.2.3); the page's own retry.
+        error_headers=((503, "Retry-After", str(RETRY_MS // 1000)),),
         head=False,
     ),
 )
@@ -125,6 +127,9 @@ def _operation(op: Operation) -> dict[str, Any]:
         }
     responses: dict[str, Any] = {str(op.ok_status): ok}
     responses |= {str(status): _failure(text) for status, text in op.errors}
+    for status, name, value in op.error_headers:
+        headers = responses[str(status)].setdefault("headers", {})
+        headers[name] = {"schema": {"type": "string", "enum": [value]}}
     if op.token:
         # Open unless the balancer runs with --admin-token (LBPROXY_ADMIN_TOKEN).
         out["security"] = [{}, {"adminToken": []}]
