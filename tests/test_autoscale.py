@@ -307,3 +307,71 @@ async def test_a_ring_that_lags_the_pool_holds_instead_of_503(lb: BalancerUnderT
     pool.mark_up(replica)  # back on the ring: the held request goes through
     assert await request == 200
     assert hold.cold_start_count == 1
+
+
+ONE = dataclasses.replace(FAST, max_replicas=1, target=10.0)
+
+
+@pytest.mark.lbconfig(replicas=1, autoscale=ONE)
+async def test_service_time_comes_from_answers_of_replica_work(lb: BalancerUnderTest) -> None:
+    """Little's law's S is what a request costs a replica. A 404 the replica answers at
+    once costs it nothing comparable: mixed in, 404s (400s to the client, SPEC) pulled
+    each sample's mean latency (and the median of them) to 0.9 ms while every 200 took
+    50 ms, and a pool sized by rate x S would have been far too small for the 200s
+    (docs/autoscale.md)."""
+    autoscaler = lb.balancer.autoscaler
+    assert autoscaler is not None and autoscaler.decider is not None
+    stop = asyncio.Event()
+
+    async def misses() -> Counter[int]:
+        statuses: Counter[int] = Counter()
+        ids = itertools.count(200000, 7919)
+        while not stop.is_set():
+            headers = {"X-Request-ID": str(next(ids))}
+            async with lb.client.get(lb.url + "/_t/status/404", headers=headers) as resp:
+                await resp.read()
+                statuses[resp.status] += 1
+        return statuses
+
+    slow = asyncio.create_task(load(lb, 2, 0.05, stop))
+    fast = [asyncio.create_task(misses()) for _ in range(4)]
+    decider = autoscaler.decider
+    # Three times the samples a service time needs, all calm (no panic at 6 in flight
+    # for a target of 10).
+    await wait_for(lambda: decider.service_samples() >= 15, timeout=10)
+    stop.set()
+    assert set(await slow) == {200}
+    # The replica's 404 reaches the client as SPEC's 400 ("endpoint does not exist").
+    assert [set(statuses) for statuses in await asyncio.gather(*fast)] == [{400}] * 4
+    service = decider.service_time()
+    assert service is not None and service >= 0.05
+
+
+@pytest.mark.lbconfig(replicas=1)
+async def test_only_relayed_2xx_and_3xx_answers_count_as_replica_work(
+    lb: BalancerUnderTest,
+) -> None:
+    """The autoscaler's service time reads ``work_answers``/``work_seconds``: answers a
+    replica gave with 2xx or 3xx. Not 4xx (the client's error, answered cheaply), not the
+    balancer's own answers (5xx of its queue or of a failed replica), not a WebSocket
+    tunnel, whose "latency" is how long the client kept it open."""
+    stats = lb.balancer.stats
+    answered = sum(stats.latency_counts)
+    key = {"X-Request-ID": "12345"}
+    async with lb.client.get(lb.url + "/_t/status/404") as resp:
+        assert resp.status == 400  # no key: the balancer's own answer
+    async with lb.client.get(lb.url + "/_t/status/404", headers=key) as resp:
+        assert resp.status == 400  # the replica's 404, in SPEC's shape
+    async with lb.client.ws_connect(lb.url + "/ws", headers=key) as ws:
+        await ws.send_str("hello")
+        assert (await ws.receive_str()) == "hello"
+    await wait_for(lambda: sum(stats.latency_counts) >= answered + 3)
+    assert (stats.work_answers, stats.work_seconds) == (0, 0.0)
+    async with lb.client.get(
+        lb.url + "/_t/status/302", headers=key, allow_redirects=False
+    ) as resp:
+        assert resp.status == 302
+    async with lb.client.get(lb.url + "/_t/slow?s=0.05", headers=key) as resp:
+        assert resp.status == 200
+    await wait_for(lambda: stats.work_answers == 2)
+    assert stats.work_seconds >= 0.05

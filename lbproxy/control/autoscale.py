@@ -187,8 +187,9 @@ class Decider:
 
         The counter makes idleness exact: a 1 ms request between two samples is never seen
         in flight, but it moves the counter, and it is traffic.
-        ``answered`` and ``latency``: the balancer's cumulative count of answered requests
-        and the sum of their latencies (seconds), for the arrival rate and service time.
+        ``answered`` and ``latency``: the balancer's cumulative count of the answers that
+        reflect replica work (``Answers``) and the sum of their latencies (seconds), for
+        the arrival rate and service time.
         """
         if in_flight > 0 or requests != self._requests:
             self._last_activity = now
@@ -233,6 +234,10 @@ class Decider:
         """Arrivals per second over the last ``RATE_SHARE`` of the panic window."""
         rates = self._rates(self._rate_span)
         return rates[0] if rates is not None else None
+
+    def service_samples(self) -> int:
+        """Calm samples in the service-time window (each one 50 ms of answers)."""
+        return len(self._service)
 
     def service_time(self) -> float | None:
         """Seconds per request: the median of the 50 ms mean latencies of the last stable
@@ -436,13 +441,15 @@ class Decider:
 
 class Answers(Protocol):
     """The data plane's answer counters the autoscaler reads (``ProxyStats``; no import of
-    the data plane): every answered request once in a latency bucket, and their sum."""
+    the data plane): the answers that reflect replica work (2xx and 3xx relayed from a
+    replica) and the sum of their latencies. Every answer would let cheap 4xx answers pull
+    the service time down and a WebSocket's lifetime push it up."""
 
     @property
-    def latency_counts(self) -> list[int]: ...
+    def work_answers(self) -> int: ...
 
     @property
-    def latency_sum(self) -> float: ...
+    def work_seconds(self) -> float: ...
 
 
 class Autoscaler:
@@ -560,8 +567,8 @@ class Autoscaler:
                         now,
                         self.in_flight(),
                         self._count_requests(),
-                        answered=sum(answers.latency_counts),
-                        latency=answers.latency_sum,
+                        answered=answers.work_answers,
+                        latency=answers.work_seconds,
                     )
                 if held:
                     decider.activity(now)

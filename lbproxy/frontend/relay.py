@@ -146,6 +146,12 @@ class ProxyStats:
     client_errors: dict[int, int] = field(default_factory=dict)
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
+    #: Answers that reflect replica work, and their latency sum: 2xx and 3xx relayed from a
+    #: replica. Not 4xx (the client's mistake, answered at once), not the balancer's own
+    #: answers, not an upgrade (a tunnel's lifetime is the client's). The autoscaler's
+    #: service time and arrival rate read these (docs/autoscale.md).
+    work_answers: int = 0
+    work_seconds: float = 0.0
     #: Per-phase histograms (``--phase-timings``); None when off.
     phases: PhaseStats | None = None
     #: The front-end's upstream pool (queue and connect counters for the metrics).
@@ -1090,8 +1096,10 @@ class Exchange:
             self.counted = False
             front.in_flight -= 1
         replica = self.replica
+        work = False
         if replica is not None and not self.control:
             status = self.resp_status
+            work = 200 <= status < 400
             if status:
                 replica.served += 1
                 replica.served_total += 1
@@ -1109,6 +1117,9 @@ class Exchange:
             elapsed = now - self.start
             stats.latency_counts[_bisect_left(LATENCY_BUCKETS, elapsed)] += 1
             stats.latency_sum += elapsed
+            if work:
+                stats.work_answers += 1
+                stats.work_seconds += elapsed
             marks = self.marks
             if marks is not None and front.phases is not None:
                 marks[M_DONE] = now
