@@ -123,3 +123,17 @@ def test_no_requirement_names_a_distribution_only_this_checkout_builds() -> None
     ours = {"lbproxy-tools"}
     offenders = [r for r in requirements if _requirement_name(r) in ours]
     assert offenders == []
+
+
+@pytest.mark.parametrize("pyproject", ["pyproject.toml", "tools/pyproject.toml"])
+def test_the_license_is_an_spdx_expression(pyproject: str) -> None:
+    """PEP 639: `license = { text = ... }` is deprecated, and setuptools stops building
+    projects that use it on 2027-02-18 (its own warning). The SPDX string form needs
+    setuptools 77 or later as the build backend (pip's build isolation, and the wheels/
+    that build-wheels.sh fetches from build-system.requires for the images)."""
+    config = tomllib.loads((ROOT / pyproject).read_text())
+    assert config["project"]["license"] == "MIT"
+    requires = config["build-system"]["requires"]
+    (setuptools_req,) = [r for r in requires if r.startswith("setuptools")]
+    floor = re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", setuptools_req)
+    assert floor and int(floor.group(1)) >= 77, setuptools_req
