@@ -3,7 +3,8 @@
     python scripts/check-wheels.py wheels pyproject.toml
 
 - exactly one lbproxy and one lbproxy-tools wheel;
-- both have the version pyproject.toml gives lbproxy, and lbproxy-tools requires lbproxy;
+- both have the version pyproject.toml gives lbproxy;
+- lbproxy-tools requires no lbproxy (a stranger's on a public index) nor itself;
 - lbproxy requires no lbproxy-tools, under any extra (no public index holds that name for
   us: a requirement on it would be resolved there, dependency confusion);
 - the lbproxy wheel holds lbproxy/ and server_app/ (with the dashboard's static files) and
@@ -65,8 +66,13 @@ def check(wheels: Path, pyproject: Path) -> list[str]:
         version = meta["Version"][0] if meta["Version"] else "?"
         if version != want:
             problems.append(f"lbproxy-tools is {version}, lbproxy is {want}")
-        if not any(re.match(r"lbproxy\b(?![-_])", r) for r in meta["Requires-Dist"]):
-            problems.append("lbproxy-tools does not require lbproxy")
+        ours = [
+            r
+            for r in meta["Requires-Dist"]
+            if re.match(r"lbproxy([-_.]tools)?\b(?![-_.])", r, re.I)
+        ]
+        if ours:
+            problems.append(f"lbproxy-tools requires {ours}: pip would fetch them from an index")
         source = root / "lbproxy_tools"
         expected = sorted(
             p.relative_to(root).as_posix()

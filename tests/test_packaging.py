@@ -7,6 +7,7 @@ The load client, ``lbproxy analyze`` and the launch helpers live in ``lbproxy_to
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 import sys
 import tomllib
@@ -137,3 +138,25 @@ def test_the_license_is_an_spdx_expression(pyproject: str) -> None:
     (setuptools_req,) = [r for r in requires if r.startswith("setuptools")]
     floor = re.fullmatch(r"setuptools>=(\d+)(\.\d+)*", setuptools_req)
     assert floor and int(floor.group(1)) >= 77, setuptools_req
+
+
+def test_the_tools_require_nothing_only_this_checkout_builds() -> None:
+    """Dependency confusion again, the other way: `lbproxy` is not our name on the public
+    index either, so a requirement on it in tools/pyproject.toml made `pip install ./tools`
+    alone fetch whatever a stranger published as lbproxy. The tools declare no requirement
+    on it; lbproxy_tools says at import what to install instead (next test)."""
+    config = tomllib.loads((ROOT / "tools" / "pyproject.toml").read_text())["project"]
+    requirements = list(config["dependencies"])
+    for extra in config.get("optional-dependencies", {}).values():
+        requirements += extra
+    offenders = [r for r in requirements if _requirement_name(r) in ("lbproxy", "lbproxy-tools")]
+    assert offenders == []
+
+
+def test_the_tools_without_lbproxy_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [m for m in sys.modules if m.startswith("lbproxy_tools")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lbproxy", None)  # as if only ./tools were installed
+    with pytest.raises(ImportError, match=r"pip install \. \./tools") as raised:
+        importlib.import_module("lbproxy_tools")
+    assert "lbproxy-tools needs lbproxy" in str(raised.value)
