@@ -5,8 +5,8 @@ One autoscaled balancer (``--autoscale 1:10 --target-concurrency 3``, A-5's repl
 100 ms per request, 4 at once) gets 20 req/s for 5 s, then 120 req/s for 15 s (open loop,
 ``run_load(schedule=...)``). Printed: every event from a second before the step, with its
 time after the step, then the ring size and the UP count from ``/lbproxy/metrics`` every
-0.1 s. The figure is the first ``scaled up`` (the new replicas on the ring) and the time
-``ring=10``; the target is tick + one replica's start.
+0.1 s. The figure is the first ``scaled up`` (the new replicas on the ring); the target is
+tick + one replica's start. A ``summary:`` line gives both (``summary``).
 
     flock /tmp/lbproxy-heavy.lock .venv/bin/python bench/autoscale_step.py   # ~30 s
 
@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from typing import Any
 
 import aiohttp
 
@@ -71,12 +72,48 @@ async def main(extra: list[str]) -> None:
         if e["time"] >= step - 1 and e["kind"] != "first_response":
             when = e["time"] - step
             print(f"{when:7.2f} {e['kind']:10s} {e['replica'] or ''} {e['detail'][:100]}")
+    summary(events, step)
     last: tuple[float, ...] | None = None
     for wall, values in samples:
         if values != last and wall >= step - 0.5:
             ring, up, target = values
             print(f"{wall - step:7.2f} ring={ring:g} up={up:g} target={target:g}")
         last = values
+
+
+def summary(events: list[dict[str, Any]], step: float) -> None:
+    """The figures of docs/autoscale.md's table, in seconds after the step: the first
+    scale-up decision, the new replicas' launches and heartbeats ("up", all at once: they
+    join together), and the first "scaled up" event, which comes once the ring in use
+    holds them. ``start`` is the slowest launch-to-up of the step's replicas in this run,
+    so ``tick + start`` is the issue's target with the start measured under this load."""
+    after = [e for e in events if e["time"] >= step]
+
+    def times(kind: str, prefix: str = "") -> list[float]:
+        return [
+            e["time"] - step for e in after if e["kind"] == kind and e["detail"].startswith(prefix)
+        ]
+
+    decided = [
+        e["time"] - step
+        for e in after
+        if e["kind"] == "autoscale"
+        and e["detail"].startswith("desired=")
+        and not e["detail"].startswith("desired=1 ")
+    ]
+    launched, up, joined = times("launched"), times("up"), times("autoscale", "scaled up")
+    if not (decided and launched and up and joined):
+        print("summary: no scale-up after the step")
+        return
+    launch_of = {e["replica"]: e["time"] for e in after if e["kind"] == "launched"}
+    start = max(
+        e["time"] - launch_of.get(e["replica"], e["time"]) for e in after if e["kind"] == "up"
+    )
+    print(
+        f"summary: decision {decided[0]:.2f} s, launched {min(launched):.2f}-"
+        f"{max(launched):.2f} s, up {min(up):.2f} s, on the ring {joined[0]:.2f} s; "
+        f"start (launched -> up) {start:.2f} s, tick + start {1.0 + start:.2f} s"
+    )
 
 
 if __name__ == "__main__":

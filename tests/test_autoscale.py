@@ -112,6 +112,33 @@ async def test_a_load_step_is_decided_at_the_sample_and_added_in_one_change(
         assert f"actual={desired.split('=')[1]} " in events[i] + " ", events
 
 
+@pytest.mark.lbconfig(replicas=1, autoscale=dataclasses.replace(FAST, tick=60.0))
+async def test_the_rings_of_the_next_scale_ups_are_built_before_the_step(
+    lb: BalancerUnderTest,
+) -> None:
+    """While the pool is steady the worker builds the rings of 2 and 4 more replicas
+    (capped at MAX, 4 here; each also serves one fewer), so the step's replicas join a
+    ring that is already built: no build between the decision and serving. Built from the
+    decision on, beside the starts, the ring came 0.45-1.0 s after the replicas were up on
+    two loaded cores (bench/autoscale_step.py)."""
+    pool = lb.balancer.pool
+    await wait_for(
+        lambda: (
+            pool.covers(["Server 2", "Server 3"])
+            and pool.covers(["Server 2", "Server 3", "Server 4"])
+        ),
+        timeout=10,
+    )
+    builds = pool.ring_builds
+    stop = asyncio.Event()
+    running = asyncio.create_task(load(lb, 8, 0.05, stop))
+    await wait_for(lambda: len(pool) == 4 and ready(lb) == 4, timeout=20)
+    stop.set()
+    assert set(await running) == {200}
+    assert pool.ring_builds == builds
+    assert pool.ring.names == {f"Server {i}" for i in (1, 2, 3, 4)}
+
+
 @pytest.mark.lbconfig(replicas=3, stop_timeout=5.0, autoscale=FAST)
 async def test_scale_down_drains_in_flight_requests(lb: BalancerUnderTest) -> None:
     """A replica the autoscaler removes finishes what it serves, as /rm does."""
@@ -367,9 +394,7 @@ async def test_only_relayed_2xx_and_3xx_answers_count_as_replica_work(
         assert (await ws.receive_str()) == "hello"
     await wait_for(lambda: sum(stats.latency_counts) >= answered + 3)
     assert (stats.work_answers, stats.work_seconds) == (0, 0.0)
-    async with lb.client.get(
-        lb.url + "/_t/status/302", headers=key, allow_redirects=False
-    ) as resp:
+    async with lb.client.get(lb.url + "/_t/status/302", headers=key, allow_redirects=False) as resp:
         assert resp.status == 302
     async with lb.client.get(lb.url + "/_t/slow?s=0.05", headers=key) as resp:
         assert resp.status == 200

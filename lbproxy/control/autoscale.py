@@ -60,6 +60,9 @@ _EPS = 1e-9
 RATE_SHARE = 0.25
 #: Fewer 50 ms latency samples than this in the stable window: no service time (yet).
 MIN_SERVICE_SAMPLES = 5
+#: Pool sizes (this many more than now) whose rings are built ahead while nothing changes;
+#: each ring also serves one replica fewer, so these cover 1 to 4 more (docs/autoscale.md).
+RINGS_AHEAD = (2, 4)
 
 
 def _ceil(x: float) -> int:
@@ -576,6 +579,8 @@ class Autoscaler:
                 # start) or after a scale-up, a load step that starts a panic, and a
                 # panic that asks for more.
                 idle = self._action is None
+                if idle:
+                    self._build_rings_ahead()
                 if (
                     now >= next_tick
                     or (woken and idle and (held or self._follow_up))
@@ -593,6 +598,24 @@ class Autoscaler:
                 action.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await action
+
+    def _build_rings_ahead(self) -> None:
+        """While no change runs, have the worker build the rings of the next scale-ups
+        (``RINGS_AHEAD``), one at a time, for the names /add will give them.
+
+        A scale-up's ring used to be built from its decision on, beside its replicas'
+        starts: on two loaded cores the nice-10 worker finished it 0.45-1.0 s after they
+        had passed their heartbeats (bench/autoscale_step.py), and they served only then.
+        Built while the pool is steady, it is in when they are up. The worker derives
+        each from the table it built last (a pass per new member), and ``Pool.speculate``
+        starts nothing while the pool changes or another build runs."""
+        names_ahead = getattr(self._reconciler, "names_ahead", None)
+        if names_ahead is None:
+            return
+        n = len(self._pool)
+        for size in sorted({min(n + k, self.config.max_replicas) for k in RINGS_AHEAD}):
+            if size > n and not self._pool.speculate(names_ahead(size - n)):
+                return
 
     def _tick(self, now: float) -> None:
         decider = self.decider

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from lbproxy.backends.base import ReplicaHandle
@@ -156,8 +157,11 @@ class Pool:
         self._ring_key: RingKey = frozenset()
         self._target: RingKey = frozenset()
         self._build_task: asyncio.Task[None] | None = None
-        #: A ring built ahead of ``mark_up`` (``prepare``): its key and the build.
-        self._prepared: tuple[RingKey, asyncio.Task[Ring]] | None = None
+        #: Rings being built ahead of ``mark_up``: an /add's (``prepare``) and a
+        #: speculative one (``speculate``), by key; each leaves its ring among the recent
+        #: ones and its entry here when done.
+        self._ahead: dict[RingKey, asyncio.Task[Ring]] = {}
+        self._prepared: RingKey | None = None  # the key of the /add's build ahead
         self.ring_builds = 0  # full builds (inline or in the worker)
         self.ring_derivations = 0  # removals derived from the ring in use
         self._recent_rings: dict[RingKey, Ring] = {}
@@ -320,24 +324,120 @@ class Pool:
             and self._members.get(replica.name) is replica
         )
 
+    def _offloads(self) -> bool:
+        return self._builder is not None and bool(getattr(self.family, "offload", False))
+
+    def _joining_key(self, names: Sequence[str]) -> RingKey:
+        """The ring key of the UP members plus ``names``: members keep their id and weight;
+        a name not in the pool takes the id ``add`` would give it (the smallest free ones,
+        in order) and weight 1, as an /add without hostnames makes them."""
+        up = {r.name: r for r in self._members.values() if r.state is ReplicaState.UP}
+        new = [n for n in names if n not in self._members]
+        ids = dict(zip(new, self._free_ring_ids(len(new)), strict=True))
+        key = {(r.name, r.ring_id, r.weight) for r in up.values()}
+        for name in names:
+            member = self._members.get(name)
+            if member is None:
+                key.add((name, ids[name], 1))
+            else:
+                key.add((name, member.ring_id, member.weight))
+        return frozenset(key)
+
+    def _covering(self, key: RingKey) -> RingKey | None:
+        """A ring key, built or being built, that serves ``key``: ``key`` itself, or ``key``
+        with one member more, whose ring without that member is exact (Maglev keeps every
+        entry's runner-up: ``MaglevRing.without``); None if there is none."""
+        if key == self._ring_key:
+            return key
+        for known in (*self._recent_rings, *self._ahead):
+            if known == key or (len(known) == len(key) + 1 and key < known):
+                if known in self._ahead or self._from_superset(key, known) is not None:
+                    return known
+        return None
+
+    def _from_superset(self, key: RingKey, known: RingKey) -> Ring | None:
+        """The recent ring of ``known`` (``key`` or ``key`` plus one member), as ``key``'s
+        ring if that is exact."""
+        ring = self._recent_rings.get(known)
+        if ring is None or known == key:
+            return ring
+        without = getattr(ring, "without", None)
+        if without is None:
+            return None
+        derived: Ring | None = without({name for name, _, _ in known - key})
+        if derived is None or not getattr(derived, "exact", True):
+            return None
+        return derived
+
+    def _built_for(self, key: RingKey) -> Ring | None:
+        """A recent ring that is ``key``'s, or derives exactly into it in O(1)."""
+        for known in list(self._recent_rings):
+            if known == key or (len(known) == len(key) + 1 and key < known):
+                ring = self._from_superset(key, known)
+                if ring is not None:
+                    return ring
+        return None
+
+    def covers(self, names: Sequence[str]) -> bool:
+        """Whether the ring of the UP members plus ``names`` is built (or derives from a
+        built ring in O(1)), so that their ``mark_up`` swaps it in at once."""
+        key = self._joining_key(names)
+        return key == self._ring_key or self._built_for(key) is not None
+
     def prepare(self, joining: list[Replica]) -> None:
         """Start building, off the loop, the ring that ``joining`` (members just launched,
         still STARTING) will make with the members UP now, so that ``mark_up`` finds it
         built: /add's replicas take about 0.5 s to pass their heartbeats and a build of the
-        default table about 1 s, and they overlap instead of adding up. If the members
-        change meanwhile (a death, a failed launch), the prepared ring does not fit and the
-        usual build runs. One prepared build at a time; inline pools prepare nothing."""
-        if self._builder is None or not getattr(self.family, "offload", False):
+        default table about 1 s, and they overlap instead of adding up. Nothing is started
+        when a ring built or being built already serves it (one built ahead by
+        ``speculate``, possibly with one member more). If the members change meanwhile (a
+        death, a failed launch), the prepared ring may not fit and the usual build runs.
+        One prepared build at a time; inline pools prepare nothing."""
+        if not self._offloads():
             return
-        if self._prepared is not None and not self._prepared[1].done():
+        if self._prepared is not None and self._prepared in self._ahead:
             return
-        up = [r for r in self._members.values() if r.state is ReplicaState.UP]
-        key: RingKey = frozenset((r.name, r.ring_id, r.weight) for r in (*up, *joining))
-        if key == self._ring_key or key in self._recent_rings:
+        key = self._joining_key([r.name for r in joining])
+        if self._covering(key) is not None:
             return
-        task = asyncio.get_running_loop().create_task(self._build_ahead(key), name="ring-prepare")
-        task.add_done_callback(_log_failed_prepare)
-        self._prepared = (key, task)
+        self._start_ahead(key, "ring-prepare")
+        self._prepared = key
+
+    def speculate(self, names: Sequence[str]) -> bool:
+        """Build ahead, off the loop, the ring of the UP members plus ``names`` (members
+        not in the pool yet: the names the next /add would take), so that the next
+        scale-up finds its ring built even when the machine is too busy to build it while
+        the replicas start (two loaded cores: a build started with the launch ended
+        0.45-1.0 s after the replicas were up). Its ring also serves ``names`` minus one
+        (``_covering``). True when that ring is there already (nothing to do); False when
+        it is being built now or the pool is not settled: a member not UP, a build of the
+        ring in use or another build ahead running (the worker has one core's worth of
+        work at a time, and real builds come first)."""
+        key = self._joining_key(names)
+        if key == self._ring_key or self._built_for(key) is not None:
+            return True
+        if (
+            not self._offloads()
+            or self._ahead
+            or self._target != self._ring_key
+            or (self._build_task is not None and not self._build_task.done())
+            or any(r.state is not ReplicaState.UP for r in self._members.values())
+        ):
+            return False
+        self._start_ahead(key, "ring-speculate")
+        return False
+
+    def _start_ahead(self, key: RingKey, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._build_ahead(key), name=name)
+        self._ahead[key] = task
+        task.add_done_callback(functools.partial(self._ahead_done, key))
+
+    def _ahead_done(self, key: RingKey, task: asyncio.Task[Ring]) -> None:
+        """A build ahead that failed costs nothing but itself: ``mark_up`` builds as usual."""
+        if self._ahead.get(key) is task:
+            del self._ahead[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("building the next ring ahead failed: %s", task.exception())
 
     async def _build_ahead(self, key: RingKey) -> Ring:
         assert self._builder is not None
@@ -469,6 +569,10 @@ class Pool:
         if key == self._ring_key:
             return
         cached = self._recent_rings.get(key)
+        if cached is None:
+            # Built (ahead, or the ring in use) with one member more: derived in O(1).
+            cached = self._built_for(key)
+            self.ring_derivations += cached is not None
         if cached is not None:
             self._install(key, cached)
             return
@@ -523,12 +627,15 @@ class Pool:
             key = self._target
             members, weights = _split(key)
             started = time.monotonic()
-            prepared = self._prepared
+            ahead = self._covering(key)
             try:
-                if prepared is not None and prepared[0] == key:
-                    # Built ahead by prepare() and still running: wait for it, once.
-                    self._prepared = None
-                    ring = await asyncio.shield(prepared[1])
+                ring_ahead = None
+                if ahead is not None and ahead in self._ahead:
+                    # Built ahead (prepare, speculate) and still running: wait for it.
+                    await asyncio.shield(self._ahead[ahead])
+                    ring_ahead = self._built_for(key)
+                if ring_ahead is not None:
+                    ring = ring_ahead
                 else:
                     ring = await self._builder.build(self.family, members, weights)
                     self.ring_builds += 1
@@ -568,19 +675,13 @@ class Pool:
         """Stop a background build and the build worker."""
         if self._build_task is not None:
             self._build_task.cancel()
-        if self._prepared is not None:
-            self._prepared[1].cancel()
+        for task in list(self._ahead.values()):
+            task.cancel()
         if self._builder is not None:
             self._builder.close()
 
     def has_up(self) -> bool:
         return bool(self._ring.names)
-
-
-def _log_failed_prepare(task: asyncio.Task[Ring]) -> None:
-    """A build ahead that failed costs nothing but itself: ``mark_up`` builds as usual."""
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("building the next ring ahead failed: %s", task.exception())
 
 
 def _split(key: RingKey) -> tuple[dict[str, int], dict[str, int] | None]:

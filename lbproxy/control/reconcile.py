@@ -273,6 +273,11 @@ class Reconciler:
             k += 1
         return names
 
+    def names_ahead(self, count: int) -> list[str]:
+        """The names an /add of ``count`` without hostnames would give its replicas now
+        (the autoscaler has their ring built ahead: ``Pool.speculate``)."""
+        return self._generated_names(count, set(self._pool.names()))
+
     async def set_weight(self, name: str, weight: int) -> Replica:
         """A member's weight (``PUT /lbproxy/weight``); here the pool is the only record.
 
