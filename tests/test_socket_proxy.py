@@ -10,6 +10,7 @@ volumes, the swarm itself. Needs `docker info`.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 from lbproxy.backends.base import ReplicaHandle
 from lbproxy.backends.docker import DockerBackend
 from lbproxy.backends.swarm import SwarmBackend
-from lbproxy.config import Config, DockerConfig
+from lbproxy.config import Config, DockerConfig, SwarmConfig
 from lbproxy.errors import BackendError
 from lbproxy_tools.launcher import docker_engine_answers, free_loopback_port
 
@@ -39,6 +40,11 @@ FOREIGN = "lbproxy-socket-proxy-foreign"
 #: A replica container as lbproxy named it before names carried the pool (bare hostname).
 LEGACY = "lbproxy-socket-proxy-legacy"
 POOL = {"lbproxy.control.pool": POOL_NAME, "lbproxy.role": "replica"}
+#: The networks the proxy lets the balancer use (LBPROXY_NETWORK, LBPROXY_SWARM_NETWORK).
+NET = f"{POOL_NAME}-net"
+SWARM_NET = f"{POOL_NAME}-swarm"
+#: The pool's network made beforehand (a container can only join one that exists).
+PROXY_ENV = {"LBPROXY_POOL": POOL_NAME, "LBPROXY_NETWORK": NET, "LBPROXY_SWARM_NETWORK": SWARM_NET}
 
 if not docker_engine_answers():
     pytest.skip("no Docker engine answers `docker info`", allow_module_level=True)
@@ -77,14 +83,17 @@ def proxy() -> Iterator[str]:
         "run", "-d", "--name", FOREIGN, "--network", "none", "python:3.11-slim", "sleep", "300"
     )
     assert made.returncode == 0, made.stderr
+    _docker("network", "rm", NET)
+    made = _docker("network", "create", "--internal", "--label", f"{POOL_NAME}=test", NET)
+    assert made.returncode == 0, made.stderr
     container = ""
     proc: subprocess.Popen[bytes] | None = None
     try:
         if _image_present():
+            env = [arg for k, v in PROXY_ENV.items() for arg in ("-e", f"{k}={v}")]
             run = _docker(
                 "run", "-d", "--rm", "-p", f"127.0.0.1:{port}:2375",
-                "-v", "/var/run/docker.sock:/var/run/docker.sock",
-                "-e", f"LBPROXY_POOL={POOL_NAME}", IMAGE,
+                "-v", "/var/run/docker.sock:/var/run/docker.sock", *env, IMAGE,
             )  # fmt: skip
             assert run.returncode == 0, run.stderr
             container = run.stdout.strip()
@@ -101,7 +110,7 @@ def proxy() -> Iterator[str]:
                 env={
                     "PROXY_BIND": f"127.0.0.1:{port}",
                     "DOCKER_SOCKET": "/var/run/docker.sock",
-                    "LBPROXY_POOL": POOL_NAME,
+                    **PROXY_ENV,
                 },
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -120,6 +129,8 @@ def proxy() -> Iterator[str]:
             proc.terminate()
             proc.wait(timeout=10)
         _docker("rm", "-f", NAME, FOREIGN, LEGACY)
+        # NET, and what a refused creation would have made had the proxy let it through
+        _docker("network", "rm", NET, "someone-elses-net", f"{POOL_NAME}-other")
 
 
 @pytest.fixture
@@ -137,6 +148,8 @@ async def api(proxy: str) -> AsyncIterator[Any]:
                     # a swarm was active: remove what was made (by ID, past the proxy)
                     kind = path.split("/")[1].removesuffix("s")
                     _docker(kind, "rm", (await resp.json(content_type=None))["ID"])
+                if resp.status == 201 and path == "/networks/create":
+                    _docker("network", "rm", (await resp.json(content_type=None))["Id"])
                 return resp.status
 
         yield call
@@ -146,8 +159,32 @@ def _container(**host_config: Any) -> dict[str, Any]:
     return {
         "Image": "lbproxy-server:latest",
         "Labels": dict(POOL),
-        "HostConfig": {"NetworkMode": "none", **host_config},
+        "HostConfig": {"NetworkMode": NET, **host_config},
     }
+
+
+def _docker_backend(url: str = "") -> DockerBackend:
+    docker = DockerConfig(pool=POOL_NAME, network=NET, docker_url=url or None)
+    return DockerBackend(Config(backend="docker", docker=docker))
+
+
+def _swarm_backend() -> SwarmBackend:
+    config = Config(
+        backend="swarm",
+        docker=DockerConfig(pool=POOL_NAME),
+        swarm=SwarmConfig(network=SWARM_NET),
+    )
+    return SwarmBackend(config)
+
+
+def _balancers_container() -> dict[str, Any]:
+    """The body DockerBackend sends for replica ``c1`` (what it must keep sending)."""
+    return _docker_backend()._container_config("c1", 1, "token")
+
+
+def _as_aiodocker_sends(body: dict[str, Any]) -> str:
+    """aiodocker's encoding of a container or network creation: keys sorted."""
+    return json.dumps(body, sort_keys=True)
 
 
 async def test_the_balancers_calls_pass(api: Any) -> None:
@@ -159,6 +196,10 @@ async def test_the_balancers_calls_pass(api: Any) -> None:
     assert await api("POST", f"/containers/{NAME}/start") == 204
     assert await api("GET", f"/containers/{NAME}/json") == 200
     assert await api("POST", f"/containers/{NAME}/stop?t=1") == 204
+    assert await api("DELETE", f"/containers/{NAME}?force=true") == 204
+    # ...and with the very body the Docker backend sends (its network, json-file logs)
+    body = _as_aiodocker_sends(_balancers_container())
+    assert await api("POST", f"/containers/create?name={NAME}", raw=body) == 201
     assert await api("DELETE", f"/containers/{NAME}?force=true") == 204
 
 
@@ -247,7 +288,7 @@ _TASK = '"TaskTemplate": {"ContainerSpec": {"Image": "lbproxy-server:latest"}}'
 async def test_the_balancers_service_and_ring_claim_creations_pass(api: Any) -> None:
     """The exact bodies the Swarm backend sends get past the proxy (without a swarm the
     engine then answers 503, "not a swarm manager"; with one, 201)."""
-    backend = SwarmBackend(Config(backend="swarm", docker=DockerConfig(pool=POOL_NAME)))
+    backend = _swarm_backend()
     body = backend.create_body("c1", 1)
     assert await api("POST", "/services/create", raw=body) in (201, 503)
     claim = backend.claim_body(1, "c1")
@@ -281,6 +322,187 @@ async def test_the_balancers_service_and_ring_claim_creations_pass(api: Any) -> 
 )
 async def test_a_service_named_outside_the_pool_is_refused(api: Any, body: str) -> None:
     assert await api("POST", "/services/create", raw=body) == 403
+
+
+# -- what a creation may join and where its logs may go: what the backends ask for ---------
+
+
+def _changed(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """``body`` with the member at ``path`` ("HostConfig.LogConfig") set (None: removed)."""
+    out = copy.deepcopy(body)
+    *parents, last = path.split(".")
+    node = out
+    for key in parents:
+        node = node[key]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+def _then(body: dict[str, Any], path: str, key: str, value: Any) -> dict[str, Any]:
+    """``body`` with ``key`` added last in the object at ``path``: JSON's duplicate (in
+    another letter case) that the engine's decoder takes over the first."""
+    out = copy.deepcopy(body)
+    node = out
+    for part in path.split(".") if path else ():
+        node = node[part]
+    node[key] = value
+    return out
+
+
+_SYSLOG = {"Type": "syslog", "Config": {"syslog-address": "udp://203.0.113.9:514"}}
+_CTR = _balancers_container()
+_EP = "NetworkingConfig.EndpointsConfig"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _changed(_CTR, "HostConfig.LogConfig", _SYSLOG),
+        _changed(_CTR, "HostConfig.LogConfig", {"Type": "gelf", "Config": {}}),
+        _then(_CTR, "HostConfig.LogConfig", "type", "syslog"),
+        _then(_CTR, "HostConfig", "logconfig", _SYSLOG),
+        _changed(_CTR, "HostConfig.NetworkMode", "bridge"),
+        _changed(_CTR, "HostConfig.NetworkMode", "someone-elses-net"),
+        _changed(_CTR, "HostConfig.NetworkMode", f"container:{FOREIGN}"),
+        _changed(_CTR, "HostConfig.NetworkMode", None),
+        _then(_CTR, "HostConfig", "networkMode", "bridge"),
+        _changed(_CTR, _EP, {"bridge": {"Aliases": ["c1"]}}),
+        _changed(_CTR, _EP, {NET: {"Aliases": ["c1"]}, "bridge": {}}),
+        _changed(_CTR, _EP, {NET: {"Aliases": ["c1"], "IPAMConfig": {"IPv4Address": "10.9.9.9"}}}),
+        _then(_CTR, "NetworkingConfig", "endpointsconfig", {"bridge": {}}),
+    ],
+    ids=[
+        "syslog-driver",
+        "gelf-driver",
+        "second-type-in-other-case",
+        "second-log-config-in-other-case",
+        "default-bridge",
+        "another-network",
+        "another-containers-namespace",
+        "no-network-mode",
+        "second-network-mode-in-other-case",
+        "another-endpoint",
+        "a-second-endpoint",
+        "endpoint-with-nested-settings",
+        "second-endpoints-config-in-other-case",
+    ],
+)
+async def test_a_container_may_log_to_json_file_and_join_the_pools_network_only(
+    api: Any, body: dict[str, Any]
+) -> None:
+    """A remote log driver sends the replica's output off the machine, and a network other
+    than the pool's (or another container's namespace) puts it beside someone else's
+    services: the Docker backend asks for neither (json-file logs, --docker-network)."""
+    for raw in (json.dumps(body), _as_aiodocker_sends(body)):
+        assert await api("POST", f"/containers/create?name={NAME}", raw=raw) == 403
+    assert await api("GET", f"/containers/{NAME}/json") == 404  # nothing was made
+
+
+async def test_a_key_spelled_outside_ascii_is_refused(api: Any) -> None:
+    """The engine's decoder matches keys case-insensitively with Unicode folding (the Kelvin
+    sign is a "k"): a key the patterns cannot read must not pass. The backends send ASCII."""
+    body = _then(_CTR, "HostConfig", "Networ\u212amode", "bridge")  # KELVIN SIGN
+    raw = json.dumps(body, ensure_ascii=False)  # as UTF-8: a \u escape is refused anyway
+    assert await api("POST", f"/containers/create?name={NAME}", raw=raw) == 403
+    assert await api("GET", f"/containers/{NAME}/json") == 404
+
+
+def _service(backend: SwarmBackend | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads((backend or _swarm_backend()).create_body("c1", 1))
+    return body
+
+
+_SVC_SYSLOG = {"Name": "syslog", "Options": {"syslog-address": "udp://203.0.113.9:514"}}
+_NETS = "TaskTemplate.Networks"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _changed(_service(), "TaskTemplate.LogDriver", _SVC_SYSLOG),
+        _then(_service(), "TaskTemplate", "logdriver", _SVC_SYSLOG),
+        _changed(_service(), _NETS, [{"Target": "someone-elses-net", "Aliases": ["c1"]}]),
+        _changed(
+            _service(), _NETS, [{"Target": SWARM_NET, "Aliases": ["c1"]}, {"Target": "ingress"}]
+        ),
+        _then(_service(), "TaskTemplate", "networks", [{"Target": "someone-elses-net"}]),
+        _then(_service(), "", "Networks", [{"Target": "someone-elses-net"}]),
+    ],
+    ids=[
+        "syslog-driver",
+        "second-log-driver-in-other-case",
+        "another-network",
+        "a-second-network",
+        "second-networks-in-other-case",
+        "top-level-networks-too",
+    ],
+)
+async def test_a_service_may_log_to_json_file_and_join_the_pools_network_only(
+    api: Any, body: dict[str, Any]
+) -> None:
+    assert await api("POST", "/services/create", raw=json.dumps(body)) == 403
+    update = f"/services/{NAME}/update?version=1"
+    assert await api("POST", update, raw=json.dumps(body)) == 403
+
+
+async def test_the_balancers_service_update_passes(api: Any) -> None:
+    """An update sends the spec as the engine returns it, where the network is its ID (the
+    proxy cannot tell whose network an ID is): update_body names it again (without a swarm
+    the engine then answers 503; with one, 404: there is no such service)."""
+    backend = _swarm_backend()
+    backend._network_id = "kq0z5m8v3yhq2ghgb4w4e0k3a"
+    attached = [{"Target": backend._network_id, "Aliases": ["c1"]}]
+    stored = _changed(_service(backend), _NETS, attached)
+    assert await api("POST", f"/services/{NAME}/update?version=1", raw=json.dumps(stored)) == 403
+    body = backend.update_body(stored)
+    assert await api("POST", f"/services/{NAME}/update?version=1", raw=body) in (404, 503)
+
+
+def _network_bodies() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Docker backend's and the Swarm backend's network creation bodies."""
+    return _docker_backend().network_body(), _swarm_backend().network_body()
+
+
+async def test_the_backends_networks_may_be_created(api: Any) -> None:
+    docker, swarm = _network_bodies()
+    # NET exists (the fixture made it): the engine's 409 says the proxy let the body pass
+    assert await api("POST", "/networks/create", raw=_as_aiodocker_sends(docker)) == 409
+    # an overlay network outside a swarm: the engine's own refusal (500), past the proxy
+    assert await api("POST", "/networks/create", raw=_as_aiodocker_sends(swarm)) in (201, 500)
+
+
+_DNET, _SNET = _network_bodies()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _changed(_DNET, "Name", "someone-elses-net"),
+        _changed(_SNET, "Name", NET),  # an overlay network under the bridge's name
+        _changed(_DNET, "Driver", "macvlan"),
+        _then(_DNET, "", "Options", {"parent": "eth0"}),
+        _then(_DNET, "", "Ingress", True),
+        _then(_DNET, "", "name", "someone-elses-net"),
+        {"Name": f"{POOL_NAME}-other", "Labels": dict(POOL)},
+    ],
+    ids=[
+        "another-name",
+        "swarm-driver-on-the-bridge-name",
+        "macvlan-driver",
+        "driver-options",
+        "ingress",
+        "second-name-in-other-case",
+        "another-name-of-the-pool",
+    ],
+)
+async def test_other_networks_may_not_be_created(api: Any, body: dict[str, Any]) -> None:
+    for raw in (json.dumps(body), _as_aiodocker_sends(body)):
+        assert await api("POST", "/networks/create", raw=raw) == 403
+    names = _docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    assert "someone-elses-net" not in names and f"{POOL_NAME}-other" not in names
 
 
 @pytest.mark.parametrize(
@@ -319,6 +541,18 @@ def test_the_image_refuses_a_pool_name_that_would_widen_its_patterns(pool: str) 
     assert "cannot name a pool" in run.stderr
 
 
+@pytest.mark.parametrize("variable", ["LBPROXY_NETWORK", "LBPROXY_SWARM_NETWORK"])
+@pytest.mark.parametrize("network", ["a.b", ".*", "", 'a"b', "-lead", "x" * 65])
+def test_the_image_refuses_a_network_name_that_would_widen_its_patterns(
+    variable: str, network: str
+) -> None:
+    if not _image_present():
+        pytest.skip(f"{IMAGE} not built (scripts/ensure-images.sh)")
+    run = _docker("run", "--rm", "--network", "none", "-e", f"{variable}={network}", IMAGE)
+    assert run.returncode == 1, (run.stdout, run.stderr)
+    assert f"{variable}=" in run.stderr and "cannot name a network" in run.stderr
+
+
 @pytest.fixture
 def legacy() -> Iterator[str]:
     """A stopped replica container of the pool under its bare hostname; its ID."""
@@ -343,9 +577,7 @@ async def test_a_bare_named_replica_is_left_to_the_operator_with_the_command(
     older lbproxy named after the bare hostname cannot be removed by it (allowing it would
     mean allowing names outside the prefix: anyone's). It says so, with the command."""
     url = proxy.removesuffix("/v1.41").replace("http://", "tcp://")
-    backend = DockerBackend(
-        Config(backend="docker", docker=DockerConfig(pool=POOL_NAME, docker_url=url))
-    )
+    backend = _docker_backend(url)
     await backend.connect(lambda event: None)
     try:
         assert await backend.adopt() == []  # a stopped one is removed if it can be
@@ -365,10 +597,10 @@ def test_docker_stop_stops_the_proxy_by_itself() -> None:
     if not _image_present():
         pytest.skip(f"{IMAGE} not built (scripts/ensure-images.sh)")
     port = free_loopback_port()
+    env = [arg for k, v in PROXY_ENV.items() for arg in ("-e", f"{k}={v}")]
     run = _docker(
         "run", "-d", "-p", f"127.0.0.1:{port}:2375",
-        "-v", "/var/run/docker.sock:/var/run/docker.sock",
-        "-e", f"LBPROXY_POOL={POOL_NAME}", IMAGE,
+        "-v", "/var/run/docker.sock:/var/run/docker.sock", *env, IMAGE,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     container = run.stdout.strip()

@@ -84,6 +84,26 @@ def test_creation_bodies_name_the_object_first_and_once() -> None:
     assert base64.b64decode(json.loads(claim)["Data"]) == b"S5"
 
 
+def test_an_update_names_the_replicas_network_again() -> None:
+    """The engine returns a service's networks by ID; the socket proxy lets a service join
+    the replicas' network by name only (haproxy.cfg), so an update names it again, and
+    changes nothing else (another network is left as it is: the proxy refuses it)."""
+    backend = _backend(network="net1")
+    backend._network_id = "kq0z5m8v3yhq2ghgb4w4e0k3a"
+    stored = json.loads(backend.create_body("S5", 7))
+    stored["TaskTemplate"]["Networks"] = [
+        {"Target": "kq0z5m8v3yhq2ghgb4w4e0k3a", "Aliases": ["S5"]},
+        {"Target": "someone-elses-id"},
+    ]
+    sent = json.loads(backend.update_body(stored))
+    assert sent["TaskTemplate"]["Networks"] == [
+        {"Target": "net1", "Aliases": ["S5"]},
+        {"Target": "someone-elses-id"},
+    ]
+    sent["TaskTemplate"]["Networks"] = stored["TaskTemplate"]["Networks"]
+    assert sent == stored
+
+
 def test_engine_timestamps_keep_their_order_whatever_the_digits() -> None:
     # Go trims trailing zeros from nanoseconds: string order is not time order.
     early = _parse_time("2026-12-02T03:46:38.9Z")

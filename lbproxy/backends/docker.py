@@ -156,17 +156,20 @@ class DockerBackend(EngineBackend):
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"looking up network {name!r}", exc) from exc
         try:
-            await self.docker.networks.create(
-                {
-                    "Name": name,
-                    "Driver": "bridge",
-                    "CheckDuplicate": True,
-                    "Labels": {LABEL_POOL: self._docker_config.pool},
-                }
-            )
+            await self.docker.networks.create(self.network_body())
             log.info("created network %r", name)
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"creating network {name!r}", exc) from exc
+
+    def network_body(self) -> dict[str, Any]:
+        """The replicas' network's creation body, exactly as the socket proxy allows it
+        (socket-proxy/haproxy.cfg: this name, a bridge, no driver options)."""
+        return {
+            "Name": self._docker_config.network,
+            "Driver": "bridge",
+            "CheckDuplicate": True,
+            "Labels": {LABEL_POOL: self._docker_config.pool},
+        }
 
     async def _ensure_image(self) -> None:
         image = self._docker_config.image

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import datetime as dt
 import json
 import logging
@@ -125,6 +126,9 @@ class SwarmBackend(EngineBackend):
         #: Set whenever the engine reports a change to this pool (service created, updated,
         #: removed; a task's container died): the controller lists and converges.
         self.changed = asyncio.Event()
+        #: The ID of the replicas' network, which the engine puts in the specs it returns
+        #: (``update_body`` names the network again).
+        self._network_id: str | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -211,26 +215,48 @@ class SwarmBackend(EngineBackend):
                     f"(driver {info.get('Driver')!r}); choose another --swarm-network",
                     status=503,
                 )
+            self._network_id = info.get("Id")
             return
-        labels = {LABEL_POOL: self._pool}
-        if self._config.swarm.stack:
-            labels[LABEL_STACK] = self._config.swarm.stack
         try:
-            await self.docker.networks.create(
-                {
-                    "Name": name,
-                    "Driver": "overlay",
-                    "Attachable": True,
-                    "CheckDuplicate": True,
-                    "Labels": labels,
-                }
-            )
+            network = await self.docker.networks.create(self.network_body())
+            self._network_id = network.id
             log.info("created overlay network %r", name)
         except aiodocker.DockerError as exc:
             if exc.status != 409:  # another balancer created it first: fine
                 raise _engine_error(f"creating network {name!r}", exc) from exc
+            with contextlib.suppress(*_ENGINE_ERRORS):
+                self._network_id = (await (await self.docker.networks.get(name)).show())["Id"]
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"creating network {name!r}", exc) from exc
+
+    def network_body(self) -> dict[str, Any]:
+        """The replicas' overlay network's creation body, exactly as the socket proxy allows
+        it (socket-proxy/haproxy.cfg: this name, attachable overlay, no driver options)."""
+        labels = {LABEL_POOL: self._pool}
+        if self._config.swarm.stack:
+            labels[LABEL_STACK] = self._config.swarm.stack
+        return {
+            "Name": self._config.swarm.network,
+            "Driver": "overlay",
+            "Attachable": True,
+            "CheckDuplicate": True,
+            "Labels": labels,
+        }
+
+    def update_body(self, spec: Mapping[str, Any]) -> str:
+        """A service update's body: the spec as the engine returned it, network named again.
+
+        The engine keeps a service's networks by ID (it resolves the name at creation), and
+        the socket proxy cannot tell whose network an ID is: it lets a service join the
+        replicas' network by name only. The engine resolves the name to the same ID, so
+        the update changes nothing else. (Another network is left as it is: refused.)
+        """
+        body = copy.deepcopy(dict(spec))
+        ours = {self._config.swarm.network, self._network_id}
+        for attachment in (body.get("TaskTemplate") or {}).get("Networks") or []:
+            if attachment.get("Target") in ours:
+                attachment["Target"] = self._config.swarm.network
+        return json.dumps(body)
 
     # -- reading the engine's state ---------------------------------------------------------
 
@@ -450,7 +476,7 @@ class SwarmBackend(EngineBackend):
             await self.docker._query_json(
                 f"services/{service_name}/update",
                 method="POST",
-                data=json.dumps(spec),
+                data=self.update_body(spec),
                 params={"version": service["Version"]["Index"]},
             )
         except aiodocker.DockerError as exc:
@@ -484,7 +510,7 @@ class SwarmBackend(EngineBackend):
                 await self.docker._query_json(
                     f"services/{service_name}/update",
                     method="POST",
-                    data=json.dumps(spec),
+                    data=self.update_body(spec),
                     params={"version": service["Version"]["Index"]},
                 )
                 log.info("weight of %r set to %d", service_name, weight)
