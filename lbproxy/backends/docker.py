@@ -65,6 +65,10 @@ class DockerBackend(EngineBackend):
         # Generated hostnames carry the pool too (container names carry it anyway).
         self.default_prefix = f"{config.docker.pool}-"
         self._undoing: set[asyncio.Task[None]] = set()
+        #: The ID of the replicas' network when this run created it (it found none of that
+        #: name): ``close`` removes it again. One it found (Compose's, an operator's) is
+        #: never removed.
+        self._made_network: str | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -133,8 +137,12 @@ class DockerBackend(EngineBackend):
 
     async def open(self, on_death: DeathCallback) -> None:
         await self.connect(on_death)
-        await self._ensure_network()
-        await self._ensure_image()
+        try:
+            await self._ensure_network()
+            await self._ensure_image()
+        except BaseException:
+            await self.close()  # and the network, if it was made just now
+            raise
         self.follow_events(
             {"type": ["container"], "event": ["die"], "label": self._pool_filter()},
             name="docker-events",
@@ -143,7 +151,35 @@ class DockerBackend(EngineBackend):
     async def close(self) -> None:
         if self._docker is not None:
             await settle(self._undoing)  # cancelled launches still being removed
+            await self._remove_network()
         await super().close()
+
+    async def _remove_network(self) -> None:
+        """Remove the network this run created, once its replicas are gone (the shutdown
+        removed them before closing the backend). Compose removes the networks it made on
+        ``down``; a balancer run by hand left one behind per run. One the engine still has
+        endpoints on (a replica left running) stays, and the log says why."""
+        if self._made_network is None:
+            return
+        name = self._docker_config.network
+        try:
+            # by ID: exactly the network this run made, whatever holds the name now
+            network = aiodocker.networks.DockerNetwork(self.docker, self._made_network)  # type: ignore[no-untyped-call]
+            await network.delete()
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                log.warning(
+                    "left network %r behind: Docker engine said %s: %s",
+                    name,
+                    exc.status,
+                    exc.message,
+                )
+                return
+        except _ENGINE_ERRORS as exc:
+            log.warning("left network %r behind: %s", name, exc)
+            return
+        self._made_network = None
+        log.info("removed network %r", name)
 
     async def _ensure_network(self) -> None:
         name = self._docker_config.network
@@ -156,7 +192,8 @@ class DockerBackend(EngineBackend):
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"looking up network {name!r}", exc) from exc
         try:
-            await self.docker.networks.create(self.network_body())
+            network = await self.docker.networks.create(self.network_body())
+            self._made_network = network.id
             log.info("created network %r", name)
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"creating network {name!r}", exc) from exc
