@@ -85,9 +85,16 @@ def summary(events: list[dict[str, Any]], step: float) -> None:
     """The figures of docs/autoscale.md's table, in seconds after the step: the first
     scale-up decision, the new replicas' launches and heartbeats ("up", all at once: they
     join together), and the first "scaled up" event, which comes once the ring in use
-    holds them. ``start`` is the slowest launch-to-up of the step's replicas in this run,
+    holds them (later scale-ups are left out). ``start`` is the slowest launch-to-up of the
+    step's replicas in this run,
     so ``tick + start`` is the issue's target with the start measured under this load."""
     after = [e for e in events if e["time"] >= step]
+    first = next(
+        (e["time"] for e in after if e["kind"] == "autoscale" and "scaled up" in e["detail"]),
+        None,
+    )
+    if first is not None:  # the step's own scale-up: what a later one does is not its figure
+        after = [e for e in after if e["time"] <= first]
 
     def times(kind: str, prefix: str = "") -> list[float]:
         return [
