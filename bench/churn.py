@@ -37,6 +37,7 @@ import math
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -163,8 +164,46 @@ async def _owners(session: aiohttp.ClientSession, url: str, keys: list[str]) -> 
     return out
 
 
+def served_by(sample: Sample) -> str:
+    """The replica that answered a sample (its /home body names it), or ''."""
+    start = sample.why.find(HELLO)
+    if start < 0:
+        return ""
+    return sample.why[start + len(HELLO) :].split('"', 1)[0]
+
+
+def write_trace(path: Path, samples: list[Sample], t0: float, t1: float) -> None:
+    """Every request of a window, for reading where its slow ones came from: seconds from
+    the change's call (start, end), latency ms, the replica that answered, ok; and when the
+    call returned."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        [round(s.start - t0, 5), round(s.latency * 1000, 3), served_by(s), s.ok] for s in samples
+    ]
+    path.write_text(json.dumps({"applied_s": t1 - t0, "requests": rows}))
+
+
+def explain(samples: list[Sample], t0: float) -> None:
+    """Why the worst requests of a step were slow or failed (the table has no room),
+    and when the slow ones came: the p99 of each 250 ms after the change."""
+    buckets: dict[int, list[float]] = {}
+    for s in samples:
+        buckets.setdefault(int((s.start + s.latency - t0) // 0.25), []).append(s.latency)
+    log(
+        "  p99 ms per 250 ms from the change: "
+        + " ".join(f"{k * 250:+d}:{pct(v, 99) * 1000:.1f}" for k, v in sorted(buckets.items()))
+    )
+    for s in sorted(samples, key=lambda s: (s.ok, -s.latency))[:3]:
+        if s.ok and s.latency < 0.05:
+            break
+        log(
+            f"  {'ok' if s.ok else 'FAILED'} {s.latency * 1000:.1f} ms, started "
+            f"{(s.start - t0) * 1000:+.0f} ms from the change, key {s.key} {s.why}"
+        )
+
+
 async def churn_run(
-    url: str, admin_url: str, n: int, args: argparse.Namespace
+    url: str, admin_url: str, n: int, args: argparse.Namespace, label: str = "this"
 ) -> list[dict[str, Any]]:
     """One balancer: steady, then each change in turn; one row per change.
 
@@ -174,36 +213,21 @@ async def churn_run(
     load = Load(url, args.clients, seed=n)
     runner = asyncio.create_task(load.run())
     loop = asyncio.get_running_loop()
-    steady: list[Sample] = []
-    rows: list[dict[str, Any]] = []
+    #: Each steady period's (start, end): the change windows are compared with steady
+    #: windows of their own length cut from these (``like_for_like``).
+    periods: list[tuple[float, float]] = []
+    #: Each change's (name, call, call returned, window end).
+    changes: list[tuple[str, float, float, float]] = []
     limit = 60.0 + n
     async with aiohttp.ClientSession() as admin:
-
-        def explain(name: str, samples: list[Sample], t0: float) -> None:
-            """Why the worst requests of a step were slow or failed (the table has no room),
-            and when the slow ones came: the p99 of each 250 ms after the change."""
-            buckets: dict[int, list[float]] = {}
-            for s in samples:
-                buckets.setdefault(int((s.start + s.latency - t0) // 0.25), []).append(s.latency)
-            log(
-                "  p99 ms per 250 ms from the change: "
-                + " ".join(
-                    f"{k * 250:+d}:{pct(v, 99) * 1000:.1f}" for k, v in sorted(buckets.items())
-                )
-            )
-            for s in sorted(samples, key=lambda s: (s.ok, -s.latency))[:3]:
-                if s.ok and s.latency < 0.05:
-                    break
-                log(
-                    f"  {'ok' if s.ok else 'FAILED'} {s.latency * 1000:.1f} ms, started "
-                    f"{(s.start - t0) * 1000:+.0f} ms from the change, key {s.key} {s.why}"
-                )
-
+        # Only times are taken while the load runs: sorting samples into windows (tens of
+        # thousands of them) or writing traces blocked this loop, the load's own, for
+        # 10-60 ms right before each change, and the requests it held were counted in the
+        # change's window (the slowest of a spawn or an /add had started 63 ms before it).
         async def steady_period() -> None:
             t0 = loop.time()
             await asyncio.sleep(args.steady)
-            t1 = loop.time()
-            steady.extend(s for s in load.samples if t0 <= s.start and s.start + s.latency <= t1)
+            periods.append((t0, loop.time()))
 
         async def change(name: str, action: Callable[[], Any]) -> None:
             await steady_period()
@@ -214,11 +238,7 @@ async def churn_run(
             await action()
             t1 = loop.time()
             await asyncio.sleep(args.tail)
-            t2 = loop.time()
-            during = [s for s in load.samples if t0 <= s.start + s.latency and s.start <= t2]
-            rows.append({"n": n, "change": name, "samples": during, "took": t1 - t0})
-            log(f"N={n} {name}: {len(during)} requests, applied in {(t1 - t0) * 1000:.0f} ms")
-            explain(name, during, t0)
+            changes.append((name, t0, t1, loop.time()))
 
         added: list[str] = []
 
@@ -305,12 +325,16 @@ async def churn_run(
             this step costs the load is what the machine's CPU costs, not the control plane."""
             port = free_port()
             env = {**clean_env(), "PORT": str(port), "SERVER_ID": "spawn", "HOST": "127.0.0.1"}
-            proc = await asyncio.create_subprocess_exec(
-                *spawn_argv(args.replica, port, "spawn"),
+            # Forked on a thread: asyncio's spawn waits for the child's exec on this loop,
+            # the load's own, which held the load's requests (as the balancer's did, before
+            # its spawner thread).
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                spawn_argv(args.replica, port, "spawn"),
                 env=env,
                 cwd=str(ROOT),
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             try:
                 deadline = loop.time() + limit
@@ -320,10 +344,10 @@ async def churn_run(
                             if r.status == 200:
                                 return
                     await asyncio.sleep(0.02)
-                raise RuntimeError("the spawned server_app did not answer")
+                raise RuntimeError("the spawned replica did not answer")
             finally:
                 proc.terminate()
-                await proc.wait()
+                await asyncio.to_thread(proc.wait)
 
         preparations = {"eject": eject_prepare}
         await asyncio.sleep(1.0)  # warm-up: connections, caches
@@ -340,6 +364,20 @@ async def churn_run(
         await steady_period()
     load.stop.set()
     await runner
+    steady: list[Sample] = []
+    for index, (t0, t1) in enumerate(periods):
+        window = [s for s in load.samples if t0 <= s.start and s.start + s.latency <= t1]
+        steady.extend(window)
+        if args.trace is not None:
+            write_trace(args.trace / f"{label}-{n}-steady{index}.json", window, t0, t0)
+    rows: list[dict[str, Any]] = []
+    for name, t0, t1, t2 in changes:
+        during = [s for s in load.samples if t0 <= s.start + s.latency and s.start <= t2]
+        rows.append({"change": name, "samples": during, "took": t1 - t0, "window": t2 - t0})
+        if args.trace is not None:
+            write_trace(args.trace / f"{label}-{n}-{name.split()[0]}.json", during, t0, t1)
+        log(f"N={n} {name}: {len(during)} requests, applied in {(t1 - t0) * 1000:.0f} ms")
+        explain(during, t0)
     base_lat = [s.latency for s in steady]
     out = [
         {
@@ -354,6 +392,8 @@ async def churn_run(
     ]
     for row in rows:
         lat = [s.latency for s in row["samples"]]
+        p99 = pct(lat, 99)
+        like = like_for_like(steady, periods, row["window"])
         out.append(
             {
                 "n": n,
@@ -361,10 +401,36 @@ async def churn_run(
                 "requests": len(lat),
                 "failed": sum(not s.ok for s in row["samples"]),
                 "max_ms": max(lat) * 1000,
-                "p99_ms": pct(lat, 99) * 1000,
+                "p99_ms": p99 * 1000,
                 "took_ms": row["took"] * 1000,
+                "steady_like_p99_ms": statistics.median(like) * 1000 if like else math.nan,
+                "steady_like_slower": (
+                    sum(x >= p99 for x in like) / len(like) if like else math.nan
+                ),
             }
         )
+    return out
+
+
+def like_for_like(
+    steady: list[Sample], periods: list[tuple[float, float]], length: float
+) -> list[float]:
+    """The p99 of every steady window as long as a change's, cut end to end from the steady
+    periods: a p99 over 1,500 requests moves by tens of percent from window to window on a
+    shared machine, so a change's p99 is read against these, not only against the p99 of
+    all steady requests together."""
+    out: list[float] = []
+    for t0, t1 in periods:
+        start = t0
+        while start + length <= t1:
+            chunk = [
+                s.latency
+                for s in steady
+                if start <= s.start and s.start + s.latency <= start + length
+            ]
+            if chunk:
+                out.append(pct(chunk, 99))
+            start += length
     return out
 
 
@@ -392,7 +458,9 @@ def spawn_argv(kind: str, port: int, name: str) -> list[str]:
     return [sys.executable, "-m", "server_app"]
 
 
-def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def process_level(
+    n: int, tree: Path, args: argparse.Namespace, label: str = "this"
+) -> list[dict[str, Any]]:
     env = clean_env()
     if tree != ROOT:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tree), env.get("PYTHONPATH")) if p)
@@ -427,7 +495,7 @@ def process_level(n: int, tree: Path, args: argparse.Namespace) -> list[dict[str
         proc = procs.start(f"lbproxy-{n}", cmd, env=env, cwd=tree)
         admin_url = f"http://127.0.0.1:{admin_port}"
         wait_http(admin_url + "/rep", 60 + 2 * n, proc)
-        rows = asyncio.run(churn_run(url, admin_url, n, args))
+        rows = asyncio.run(churn_run(url, admin_url, n, args, label))
         procs.stop(proc, timeout=30 + n / 5)
     return rows
 
@@ -443,7 +511,10 @@ from lbproxy.ring import make_family
 
 n = int(sys.argv[1])
 repeat = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-family = make_family("maglev")
+try:  # the table `lbproxy serve --replicas n` builds, where the tree sizes it to the pool
+    family = make_family("maglev", pool_size=n)
+except TypeError:
+    family = make_family("maglev")
 
 def handle(name):
     return ReplicaHandle(name, "http://127.0.0.1:1", name)
@@ -645,6 +716,12 @@ def main() -> int:
         help="measure only --baseline (split a run that would not fit one locked slot)",
     )
     p.add_argument("--json", type=Path, help="also write every row here")
+    p.add_argument(
+        "--trace",
+        type=Path,
+        help="write every request of each window here (TREE-N-CHANGE.json: seconds from the "
+        "change, latency ms, the replica that answered), to see where slow ones came from",
+    )
     args = p.parse_args()
     args.changes = set(args.changes.split(","))
     trees: list[tuple[str, Path]] = []
@@ -656,7 +733,7 @@ def main() -> int:
     for n in args.replicas:
         for label, tree in trees:
             log(f"process level: {label} N={n}")
-            for row in process_level(n, tree, args):
+            for row in process_level(n, tree, args, label):
                 rows.append({"tree": label, **row})
     ring_rows: list[dict[str, Any]] = []
     for n in args.ring:
@@ -664,12 +741,17 @@ def main() -> int:
             log(f"ring level: {label} N={n}")
             ring_rows.append({"tree": label, **ring_level(n, tree, args.ring_repeat)})
     if rows:
-        print("\n| tree | N | change | requests | failed | slowest ms | p99 ms | applied in ms |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(
+            "\n| tree | N | change | requests | failed | slowest ms | p99 ms | applied in ms "
+            "| p99 of steady windows as long, median ms | steady windows as slow |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             print(
                 f"| {r['tree']} | {r['n']} | {r['change']} | {r['requests']} | {r['failed']} "
-                f"| {r['max_ms']:.1f} | {r['p99_ms']:.1f} | {r['took_ms']:.0f} |"
+                f"| {r['max_ms']:.1f} | {r['p99_ms']:.1f} | {r['took_ms']:.0f} "
+                f"| {r.get('steady_like_p99_ms', math.nan):.1f} "
+                f"| {r.get('steady_like_slower', math.nan):.0%} |"
             )
     if ring_rows:
         kinds = ("idle", "add", "remove", "death", "replacement", "eject", "readmit")
