@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from lbproxy.backends import ReplicaBackend, create_backend
-from lbproxy.config import Config
+from lbproxy.config import Config, ring_family
 from lbproxy.control.admin import AdminRoutes, answer_wrong_methods
 from lbproxy.control.autoscale import Autoscaler
 from lbproxy.control.events import EventLog
@@ -24,7 +24,6 @@ from lbproxy.control.pool import Pool
 from lbproxy.control.reconcile import Reconciler
 from lbproxy.errors import failure_body
 from lbproxy.frontend.relay import ProxyStats
-from lbproxy.ring import make_family
 from lbproxy.ring.offload import RingBuilder
 from lbproxy.views import dashboard, metrics, openapi
 
@@ -62,7 +61,7 @@ async def create_app(config: Config, backend: ReplicaBackend | None = None) -> w
     built in code (a test, an embedder) gets the checks the CLI's flags get.
     """
     config.validate()
-    family = make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
+    family = ring_family(config)
     pool = Pool(
         family,
         EventLog(),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from lbproxy import argtypes
-from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES
+from lbproxy.ring import DEFAULT_FAMILY, FAMILY_NAMES, RingFamily
 from lbproxy.settings import check_bounds, count, seconds, setting
 
 BackendName = Literal["process", "docker", "swarm"]
@@ -502,9 +502,10 @@ class Config:
     slots: int | None = count(
         None,
         "--slots",
-        "ring slots / table size (family default if unset)",
+        "ring slots / table size (unset: the family's; maglev's is sized to the declared pool)",
         shown="family's",
-        doc="ring size / table size (prime for `maglev`)",
+        doc="ring size / table size (prime for `maglev`; unset, Maglev's table is sized to "
+        "`--replicas` or the autoscaler's maximum: 65,537 up to 16 replicas, 4,194,287 from 513)",
     )
     vnodes: int | None = count(
         None, "--vnodes", "virtual nodes per replica (family default if unset)", shown="family's"
@@ -660,12 +661,31 @@ class ConfigError(ValueError):
     """A setting the balancer cannot run with; the message names the flag and says why."""
 
 
-def _ring_check(config: Config) -> str | None:
-    """The family refuses some sizes (Maglev's table must be prime): say so before start."""
+def declared_pool_size(config: Config) -> int:
+    """The largest pool the flags ask for: ``--replicas``, or the autoscaler's maximum."""
+    if config.autoscale.enabled:
+        return max(config.replicas, config.autoscale.max_replicas)
+    return config.replicas
+
+
+def ring_family(config: Config) -> RingFamily:
+    """The ring family the flags ask for; an unset ``--slots`` is sized to the declared pool
+    (a table's every change costs O(size) work, docs/ring.md)."""
     from lbproxy.ring import make_family
 
+    return make_family(
+        config.hash,
+        slots=config.slots,
+        vnodes=config.vnodes,
+        probe=config.probe,
+        pool_size=declared_pool_size(config),
+    )
+
+
+def _ring_check(config: Config) -> str | None:
+    """The family refuses some sizes (Maglev's table must be prime): say so before start."""
     try:
-        make_family(config.hash, slots=config.slots, vnodes=config.vnodes, probe=config.probe)
+        ring_family(config)
     except ValueError as exc:
         reason = str(exc).removeprefix(f"{config.hash}: ")
         given = f" --slots {config.slots}" if config.slots is not None else ""

@@ -4,8 +4,8 @@
 uses; each family lives in its own sibling module behind the ``RingFamily`` protocol:
 
 ==================  ==========================================================================
-``maglev``          the default: Maglev lookup table (prime ``slots``, default 4194287) filled
-                    in rank order, exactly minimal disruption, O(1) lookup
+``maglev``          the default: Maglev lookup table (prime ``slots``; sized to the pool,
+                    65537 to 4194287) filled in rank order, exactly minimal disruption, O(1)
 ``maglev-classic``  the Maglev paper's fill: tighter table balance, a little extra churn
 ``hashring``        ketama-style ring of ``vnodes`` xxh3 points per replica (default 160)
 ``rendezvous``      highest random weight: ideal spread and churn, O(N) per lookup
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from lbproxy.ring.base import Ring, RingFamily
 from lbproxy.ring.hashring import HashRingFamily
-from lbproxy.ring.maglev import MaglevFamily
+from lbproxy.ring.maglev import MaglevFamily, table_size_for
 from lbproxy.ring.rendezvous import RendezvousFamily
 from lbproxy.ring.seed import SeedFamily, seed_2024_family, seed_alt_family
 
@@ -45,14 +45,21 @@ def make_family(
     slots: int | None = None,
     vnodes: int | None = None,
     probe: str = "quadratic",
+    pool_size: int | None = None,
 ) -> RingFamily:
     """A ring family by name; ``slots``/``vnodes`` override its defaults where it has them.
+
+    ``pool_size`` (the pool's declared size) sizes Maglev's table when ``slots`` is unset
+    (``table_size_for``: the smallest of its sizes with ~4,096 entries a replica); without
+    it the table is the largest, 4,194,287.
 
     Families without a table or circle size ignore ``slots``; families without virtual
     nodes ignore ``vnodes``; only the seed families probe (``probe``: quadratic or linear).
     Raises ``ValueError`` for an unknown name or a bad size.
     """
     if name == "maglev":
+        if slots is None and pool_size is not None:
+            slots = table_size_for(pool_size)
         return MaglevFamily("maglev", slots=slots)
     if name == "maglev-classic":
         return MaglevFamily("maglev-classic", slots=slots, classic=True)

@@ -1,7 +1,8 @@
 """Maglev-style lookup tables (the default family, ``--hash maglev``).
 
-A key's entry is ``xxh3_64(key) mod M`` in a table of ``M`` entries (a prime, 4,194,287 by
-default); the entry names the replica. A lookup is one hash and two array reads.
+A key's entry is ``xxh3_64(key) mod M`` in a table of ``M`` entries (a prime sized to the
+pool, ``table_size_for``; 4,194,287 at most); the entry names the replica. A lookup is one
+hash and two array reads.
 
 Every replica walks its own permutation of the table, derived from
 ``offset = xxh3_64(name, seed=0) mod M`` and ``skip = xxh3_64(name, seed=1) mod (M - 1) + 1``:
@@ -33,11 +34,13 @@ first visitor of another replica.
 
 **Balance and the table size.** A replica's share is a count of entries it wins, so it
 deviates from 1/N by about ``0.7 * sqrt(N / M)``: with M = 65537 the largest share at
-N = 1000 was 1.27x the mean. The default M = 4,194,287 (the largest prime below 2^22 for
-which ``k -> k^3`` permutes) brings it to about 1.04x, with ~4,194 entries a replica at
-N = 1000. Builds are never done on the
-request path (``lbproxy.ring.offload`` runs them in a worker process) and removals are
-derived without a build, so the size costs memory (2-4 bytes an entry) and worker time only.
+N = 1000 was 1.27x the mean. M = 4,194,287 (the largest prime below 2^22 for which
+``k -> k^3`` permutes) brings it to about 1.04x, with ~4,194 entries a replica at N = 1000.
+``lbproxy serve`` sizes the table to the pool its flags declare (``table_size_for``: ~4,096
+entries a replica, 65,537 up to 16 replicas): builds are never done on the request path
+(``lbproxy.ring.offload`` runs them in a worker process) and removals are derived without a
+build, but every change still costs the worker O(M) work, which a busy 2-core machine's
+requests feel (docs/performance.md, "The table's size").
 The worker does not walk the table again for every change either: it keeps each entry's
 owner and runner-up with their ranks and derives the next member set from them (an
 addition is one O(M w) pass, ~0.15 s, against 1-2 s for a full build at N = 10-100;
@@ -86,15 +89,28 @@ __all__ = [
     "DEFAULT_TABLE_SIZE",
     "MAX_TABLE_SIZE",
     "MAX_WEIGHT",
+    "TABLE_SIZES",
     "MaglevFamily",
     "MaglevRing",
     "SharedMaglevRing",
     "is_prime",
+    "table_size_for",
 ]
 
 #: The default table size: the largest prime below 2**22 whose rank map is k^3 (docs/ring.md),
 #: ~4,194 entries a replica at N = 1000.
 DEFAULT_TABLE_SIZE = 4_194_287
+#: The table a pool of N replicas is given when ``--slots`` is unset (``table_size_for``):
+#: the smallest of these with at least ``ENTRIES_PER_REPLICA`` entries a replica. Each is the
+#: largest prime below a power of two for which ``k -> k^3`` permutes (65,537: the paper's
+#: and Envoy's default). A change costs the build worker O(M) work whatever N is, and on a
+#: busy 2-core machine that work shows in the requests' p99 (4,194,287 entries at N = 3:
+#: ``/add`` took 0.4-0.9 s and its window's p99 1.5-2.5x steady; 65,537: 80 ms and ~1x;
+#: docs/performance.md), so a small pool gets a small table.
+TABLE_SIZES = (65_537, 131_063, 262_139, 524_261, 1_048_571, 2_097_143, DEFAULT_TABLE_SIZE)
+#: Entries a replica needs for the largest share to stay within ~5% of the mean: a share's
+#: spread is ~0.7 sqrt(N / M), and the largest of N shares sits about 3 spreads out.
+ENTRIES_PER_REPLICA = 4096
 #: The classic fill balances to within one entry at any size and has no runner-ups to
 #: derive removals from, so it keeps the small table (and its pure-Python build).
 CLASSIC_TABLE_SIZE = 65_537
@@ -116,6 +132,20 @@ def is_prime(n: int) -> bool:
             return False
         f += 2
     return True
+
+
+def table_size_for(replicas: int) -> int:
+    """The default table size for a pool declared at ``replicas`` (``--replicas``, or the
+    autoscaler's maximum): ~4,096 entries a replica or more, 4,194,287 from 513 replicas on.
+
+    Sized from the flags, never from what runs, so a restart with the same flags keeps every
+    key where it was. A pool grown far past its declared size keeps its table: exactly
+    minimal disruption forbids resizing it, so its balance degrades (``--slots`` pins a size).
+    """
+    for size in TABLE_SIZES:
+        if size >= ENTRIES_PER_REPLICA * max(1, replicas):
+            return size
+    return DEFAULT_TABLE_SIZE
 
 
 def _next_prime(n: int) -> int:

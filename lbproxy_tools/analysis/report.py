@@ -150,7 +150,7 @@ def _alt() -> dict[str, int]:
 
 
 def _maglev_slots() -> int:
-    """The entries of the Maglev table a balancer started with the defaults builds."""
+    """The entries of the Maglev tables the geometry analysis builds (the family's largest)."""
     from lbproxy.ring import make_family
 
     slots: int = make_family("maglev").slots  # type: ignore[attr-defined]
