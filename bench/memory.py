@@ -6,11 +6,16 @@ Run from the repository root (``make bench`` runs it after the HTTP bench)::
     BENCH_QUICK=1 .venv/bin/python bench/memory.py  # N=3 and N=10, 200 idle clients
     .venv/bin/python bench/memory.py --no-ring    # skip the ring figures
 
-Figures (RSS = VmRSS of the balancer process only, never its replica children):
+Figures (RSS = VmRSS; the balancer process, its ring build worker and their total, never
+its replica children):
 
 * N=3: RSS once the pool is up; after 5 s of wrk load; with 1,000 client connections open
   and idle (nothing sent), then with the same connections each holding a partial request
   (headers without the final blank line); and after they are closed.
+* Each row also gives the ring build worker's RSS (lbproxy/ring/offload.py: a ``spawn``ed
+  child that keeps the last Maglev table's rank state, 48 MiB at the default size,
+  docs/ring.md) and the total of the balancer and its helper processes (the worker and
+  multiprocessing's resource tracker): what ``lbproxy serve`` costs, replicas aside.
 * N=100 (``--replicas 100``, real server_app processes): the balancer's RSS, its open fds,
   how long the pool took to come up, and the replicas' total PSS for scale.
 * Ring: ``bench/ring_bench.py``'s speed section (build time at N=3/100/1000 and ns per
@@ -31,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +44,7 @@ from common import (
     RESULTS,
     ROOT,
     Processes,
+    children,
     env_number,
     free_port,
     lbproxy_cmd,
@@ -85,6 +92,49 @@ def settle_rss(pid: int, seconds: float = 1.0) -> int:
     return rss_bytes(pid)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def helpers(pid: int, replicas: set[int]) -> dict[str, list[int]]:
+    """The balancer's own helper processes: its children that are not replicas.
+
+    ``ring_worker``: the ring build worker, a multiprocessing ``spawn`` child
+    (``spawn_main`` in its command line); ``other``: the rest (multiprocessing's resource
+    tracker). A replica (the process backend's children) is named by ``replicas``.
+    """
+    out: dict[str, list[int]] = {"ring_worker": [], "other": []}
+    for child in children(pid):
+        if child not in replicas:
+            out["ring_worker" if "spawn_main" in _cmdline(child) else "other"].append(child)
+    return out
+
+
+def _rss_or_zero(pid: int) -> int:
+    try:
+        return rss_bytes(pid)
+    except OSError:
+        return 0  # gone meanwhile
+
+
+def footprint(pid: int, replicas: set[int]) -> dict[str, int]:
+    """The balancer's RSS, its ring worker's, and the total with every helper process: as
+    a sum of RSS (pages the processes share, the interpreter's and numpy's libraries, count
+    once per process) and as a sum of PSS (shared pages split between their sharers)."""
+    kids = helpers(pid, replicas)
+    everyone = [pid, *kids["ring_worker"], *kids["other"]]
+    return {
+        "rss": rss_bytes(pid),
+        "worker_rss": sum(_rss_or_zero(p) for p in kids["ring_worker"]),
+        "total_rss": sum(_rss_or_zero(p) for p in everyone),
+        "total_pss": sum(pss_bytes(p) for p in everyone),
+    }
+
+
 def start_balancer(
     procs: Processes, replicas: int, tmp: Path, start_timeout: float
 ) -> tuple[subprocess.Popen[bytes], str, float]:
@@ -128,14 +178,18 @@ async def _open_many(port: int, count: int) -> list[asyncio.StreamWriter]:
     return writers
 
 
-async def idle_clients(pid: int, port: int, count: int) -> dict[str, Any]:
-    """RSS and fds of the balancer with ``count`` idle, then half-sent, client connections."""
+async def idle_clients(
+    pid: int, port: int, count: int, look: Callable[[], dict[str, int]]
+) -> dict[str, Any]:
+    """RSS and fds of the balancer with ``count`` idle, then half-sent, client connections
+    (``look``: the balancer's and its helpers' RSS at each step, ``footprint``)."""
     loop = asyncio.get_running_loop()
     base_rss = await loop.run_in_executor(None, settle_rss, pid, 0.5)
     base_fds = open_fds(pid)
     writers = await _open_many(port, count)
     await asyncio.sleep(1.5)
     idle_rss, idle_fds = rss_bytes(pid), open_fds(pid)
+    idle_look = look()
     partial = (
         b"GET /home HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-ID: 123456\r\n"
         b"User-Agent: lbproxy-bench-memory\r\n"
@@ -145,13 +199,18 @@ async def idle_clients(pid: int, port: int, count: int) -> dict[str, Any]:
     await asyncio.gather(*(w.drain() for w in writers), return_exceptions=True)
     await asyncio.sleep(1.5)
     partial_rss, partial_fds = rss_bytes(pid), open_fds(pid)
+    partial_look = look()
     for w in writers:
         w.close()
     await asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True)
     await asyncio.sleep(2.0)
     closed_rss, closed_fds = rss_bytes(pid), open_fds(pid)
+    closed_look = look()
     return {
         "connections": count,
+        "look_idle": idle_look,
+        "look_partial_request": partial_look,
+        "look_after_close": closed_look,
         "rss_before": base_rss,
         "rss_idle": idle_rss,
         "rss_partial_request": partial_rss,
@@ -218,29 +277,47 @@ def mib(b: float) -> str:
     return f"{b / MIB:.1f} MiB"
 
 
+def _row(state: str, look: dict[str, int], fds: int) -> str:
+    return (
+        f"| {state} | {mib(look['rss'])} | {mib(look['worker_rss'])} | "
+        f"{mib(look['total_rss'])} | {mib(look['total_pss'])} | {fds} |"
+    )
+
+
 def report(res: dict[str, Any]) -> str:
     small, big = res["small"], res["big"]
     idle = small["clients"]
+    n = small["replicas"]
     lines = [
-        "| balancer state | RSS | open fds |",
-        "|---|---:|---:|",
-        f"| N={small['replicas']}, pool up, no traffic | {mib(small['rss_up'])} | "
-        f"{small['fds_up']} |",
-        f"| N={small['replicas']}, {idle['connections']:,} idle client connections | "
-        f"{mib(idle['rss_idle'])} | {idle['fds_idle']} |",
-        f"| N={small['replicas']}, the same each holding a partial request | "
-        f"{mib(idle['rss_partial_request'])} | {idle['fds_partial_request']} |",
-        f"| N={small['replicas']}, after closing them | {mib(idle['rss_after_close'])} | "
-        f"{idle['fds_after_close']} |",
+        "| balancer state | balancer RSS | ring worker RSS | total RSS | total PSS | open fds |",
+        "|---|---:|---:|---:|---:|---:|",
+        _row(f"N={n}, pool up, no traffic", small["look_up"], small["fds_up"]),
+        _row(
+            f"N={n}, {idle['connections']:,} idle client connections",
+            idle["look_idle"],
+            idle["fds_idle"],
+        ),
+        _row(
+            f"N={n}, the same each holding a partial request",
+            idle["look_partial_request"],
+            idle["fds_partial_request"],
+        ),
+        _row(f"N={n}, after closing them", idle["look_after_close"], idle["fds_after_close"]),
     ]
-    if "rss_after_load" in small:
+    if "look_after_load" in small:
         lines.append(
-            f"| N={small['replicas']}, then after {small['load_seconds']} s of wrk -c64 | "
-            f"{mib(small['rss_after_load'])} | {small['fds_after_load']} |"
+            _row(
+                f"N={n}, then after {small['load_seconds']} s of wrk -c64",
+                small["look_after_load"],
+                small["fds_after_load"],
+            )
         )
     lines += [
-        f"| N={big['replicas']}, pool up, no traffic | {mib(big['rss_up'])} | {big['fds_up']} |",
+        _row(f"N={big['replicas']}, pool up, no traffic", big["look_up"], big["fds_up"]),
         "",
+        "Total: the balancer and its helper processes (the ring build worker, "
+        "multiprocessing's resource tracker), replicas aside; RSS counts the pages they "
+        "share once per process, PSS splits them.",
         f"Per idle connection: {idle['per_idle_connection_bytes'] / 1024:.1f} KiB; per "
         f"connection with a partial request: "
         f"{idle['per_partial_connection_bytes'] / 1024:.1f} KiB (RSS delta / connections).",
@@ -287,10 +364,21 @@ def main() -> int:
         small: dict[str, Any] = {"replicas": 3, "startup_s": startup}
         small["rss_up"] = settle_rss(proc.pid)
         small["fds_up"] = open_fds(proc.pid)
-        log(f"N=3: balancer RSS {mib(small['rss_up'])}")
+        replicas = set(replica_pids(url))
+        pid = proc.pid
+
+        def look() -> dict[str, int]:
+            return footprint(pid, replicas)
+
+        small["look_up"] = look()
+        log(
+            f"N=3: balancer RSS {mib(small['rss_up'])}, ring worker "
+            f"{mib(small['look_up']['worker_rss'])}, total {mib(small['look_up']['total_rss'])} "
+            f"(PSS {mib(small['look_up']['total_pss'])})"
+        )
         # Idle clients first, on a balancer that has served nothing: the RSS delta is then
         # theirs, not free lists left over from a load run.
-        small["clients"] = asyncio.run(idle_clients(proc.pid, port, args.clients))
+        small["clients"] = asyncio.run(idle_clients(proc.pid, port, args.clients, look))
         c = small["clients"]
         log(
             f"N=3: {args.clients} idle clients {mib(c['rss_idle'])} (fds {c['fds_idle']}), "
@@ -301,6 +389,7 @@ def main() -> int:
             small["load_seconds"] = load_seconds
             small["rss_after_load"] = settle_rss(proc.pid)
             small["fds_after_load"] = open_fds(proc.pid)
+            small["look_after_load"] = look()
             log(f"N=3: after {load_seconds}s of load {mib(small['rss_after_load'])}")
         procs.stop(proc)
         # N=big
@@ -324,10 +413,12 @@ def main() -> int:
         big["rss_up"] = settle_rss(proc.pid, 2.0)
         big["fds_up"] = open_fds(proc.pid)
         pids = replica_pids(url)
+        big["look_up"] = footprint(proc.pid, set(pids))
         big["replicas_running"] = len(pids)
         big["replicas_pss"] = sum(pss_bytes(p) for p in pids)
         log(
-            f"N={n}: up in {startup:.1f}s; balancer RSS {mib(big['rss_up'])}, "
+            f"N={n}: up in {startup:.1f}s; balancer RSS {mib(big['rss_up'])}, ring worker "
+            f"{mib(big['look_up']['worker_rss'])}, total {mib(big['look_up']['total_rss'])}, "
             f"replicas PSS {mib(big['replicas_pss'])}"
         )
         procs.stop(proc, timeout=30)
