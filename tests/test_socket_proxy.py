@@ -505,6 +505,29 @@ async def test_other_networks_may_not_be_created(api: Any, body: dict[str, Any])
     assert "someone-elses-net" not in names and f"{POOL_NAME}-other" not in names
 
 
+async def test_the_docker_backend_makes_and_removes_its_network_through_the_proxy(
+    proxy: str, api: Any
+) -> None:
+    """Run outside Compose, the backend creates its network (found none) and removes it when
+    it closes; the proxy lets it remove that network, by name, and no other."""
+    net_id = _docker("network", "inspect", "-f", "{{.Id}}", NET).stdout.strip()
+    assert await api("DELETE", f"/networks/{net_id}") == 403  # not by ID
+    assert await api("DELETE", "/networks/bridge") == 403
+    assert await api("DELETE", f"/networks/{NET}") == 204  # the fixture's: made again below
+    backend = _docker_backend(proxy.removesuffix("/v1.41").replace("http://", "tcp://"))
+    await backend.connect(lambda event: None)
+    try:
+        await backend._ensure_network()  # through the proxy, as aiodocker sends it
+        assert NET in _docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+    finally:
+        await backend.close()
+        gone = NET not in _docker("network", "ls", "--format", "{{.Name}}").stdout.split()
+        _docker("network", "rm", NET)
+        made = _docker("network", "create", "--internal", "--label", f"{POOL_NAME}=test", NET)
+        assert made.returncode == 0, made.stderr
+    assert gone, "the backend left its network behind"
+
+
 @pytest.mark.parametrize(
     "name", ["someone-else", f"{POOL_NAME}-ring-x", f"{POOL_NAME}_c1", f"{POOL_NAME}-ring-1x"]
 )

@@ -163,8 +163,12 @@ class DockerBackend(EngineBackend):
             return
         name = self._docker_config.network
         try:
-            # by ID: exactly the network this run made, whatever holds the name now
-            network = aiodocker.networks.DockerNetwork(self.docker, self._made_network)  # type: ignore[no-untyped-call]
+            # By name, as the socket proxy allows (it lets the pool's network alone be
+            # removed, and nothing by ID), once the name is seen to be still this run's.
+            if (await self.docker.networks.get(name)).id != self._made_network:
+                log.warning("left network %r: the name is another network's now", name)
+                return
+            network = aiodocker.networks.DockerNetwork(self.docker, name)  # type: ignore[no-untyped-call]
             await network.delete()
         except aiodocker.DockerError as exc:
             if exc.status != 404:
