@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -28,7 +27,12 @@ from lbproxy.backends.base import (
     settle,
 )
 from lbproxy.backends.command import replica_env, substitute, wrapper_script
-from lbproxy.backends.spawner import Spawner, spawn_supported
+from lbproxy.backends.spawner import (
+    Spawner,
+    parent_death_argv,
+    parent_death_wrapper,
+    spawn_supported,
+)
 from lbproxy.config import Config
 from lbproxy.errors import BackendError, BadRequest
 
@@ -37,16 +41,6 @@ log = logging.getLogger(__name__)
 # Process replicas have no hostname of their own, so SPEC's "Server 1" (with a space) is
 # allowed here; the Docker backend is stricter because its names become container names.
 _PROCESS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.-]{0,61}[A-Za-z0-9_.-])?$")
-_PR_SET_PDEATHSIG = 1
-
-
-def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
-    """Ask Linux to SIGTERM this child when its parent dies (no-op elsewhere)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 #: Ports handed out lately: the kernel may offer a just-released port again before the
@@ -112,6 +106,7 @@ class ProcessBackend:
 
     async def open(self, on_death: DeathCallback) -> None:
         self._on_death = on_death
+        parent_death_wrapper()  # looked up now, not at the first launch
 
     async def close(self) -> None:
         await settle(self._undoing)
@@ -161,21 +156,20 @@ class ProcessBackend:
         else:
             command = substitute(template, port=port, name=name, ring_id=ring_id)
             argv = ("/bin/sh", "-c", wrapper_script(command, grace=self._config.stop_timeout))
+        started, preexec = parent_death_argv(argv)
         proc: _Proc
         try:
             if self._spawner is not None:
-                proc = await self._spawner.spawn(
-                    argv, env=env, preexec_fn=_set_parent_death_signal
-                )
+                proc = await self._spawner.spawn(started, env=env, preexec_fn=preexec)
             else:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                    *started,
                     env=env,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.DEVNULL,
                     # Its own process group (killed as one) that a terminal's Ctrl-C misses.
                     start_new_session=True,
-                    preexec_fn=_set_parent_death_signal,
+                    preexec_fn=preexec,
                 )
         except OSError as exc:
             raise BackendError(f"could not start a replica process for {name!r}: {exc}") from exc

@@ -21,13 +21,67 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import os
+import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["Child", "Spawner", "spawn_supported"]
+__all__ = [
+    "Child",
+    "Spawner",
+    "parent_death_argv",
+    "parent_death_wrapper",
+    "spawn_supported",
+]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_parent_death_signal() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to SIGTERM this child when its parent dies (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@functools.cache
+def parent_death_wrapper() -> str | None:
+    """util-linux's ``setpriv``, where it can set the parent-death signal (2.33+), else None.
+
+    With it the child runs no Python before ``exec``, so CPython starts it with ``vfork``
+    instead of ``fork``: a fork of the balancer (tens of MiB) copy-on-write-faulted the
+    loop's pages until the child exec'd, holding the loop 4.9-5.8 ms a spawn against
+    1.6 ms with vfork (a loop-lag probe, docs/performance.md, "The balancer's own share").
+    Looked up once, when the backend opens.
+    """
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    try:
+        usage = subprocess.run(
+            [path, "--help"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if "--pdeathsig" in usage else None
+
+
+def parent_death_argv(argv: Sequence[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` and the ``preexec_fn`` that make Linux SIGTERM the child when the thread
+    that started it dies: ``setpriv --pdeathsig TERM -- argv`` (it execs ``argv`` in the
+    same process, so the pid, the session and the signal are the same), or ``prctl`` from
+    Python in the child where there is no such setpriv."""
+    wrapper = parent_death_wrapper()
+    if wrapper is None:
+        return list(argv), _set_parent_death_signal
+    return [wrapper, "--pdeathsig", "TERM", "--", *argv], None
 
 
 def spawn_supported() -> bool:
