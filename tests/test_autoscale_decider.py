@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from lbproxy.cli import build_parser, config_from_args
 from lbproxy.config import AutoscaleConfig, Config
-from lbproxy.control.autoscale import Decider, Decision, parse_bounds
+from lbproxy.control.autoscale import Cadence, Decider, Decision, parse_bounds
 
 pytestmark = pytest.mark.unit
 
@@ -524,3 +524,106 @@ def test_a_panic_that_asks_for_more_is_decided_at_the_sample(answers: bool) -> N
             follow_up = now + config.sample_interval if d.desired != actual else -1.0
             actual = ready = d.desired
     assert actual == 4
+
+
+# -- the autoscaler's own cadence: at-sample decisions, one change at a time ----------------
+
+
+class Replay:
+    """A-5's pool as ``Autoscaler.run`` drives it, on a virtual clock: a sample every 50 ms,
+    decisions when ``Cadence`` says (the tick, a panic that starts or asks for more, the
+    follow-up after a scale-up), one change at a time (decisions made while one runs change
+    nothing), and a scale-up's members counted at once but serving only ``start`` seconds
+    later, as ``Reconciler.add`` does.
+
+    The load: an open-loop ``rate(t)`` on replicas of 100 ms x 4 slots. What the pool cannot
+    serve waits inside the replica that took it (A-5's backlog stayed within the first
+    replica's connections: nothing was queued in the balancer to redispatch), so a backlog
+    drains only at one replica's spare capacity: after A-5's step that took about 12 s, and
+    the step's panic ended about 20 s later, during the ramp."""
+
+    def __init__(self, config: AutoscaleConfig, start: float) -> None:
+        self.config = config
+        self.start = start
+        self.now = 0.0
+        self.decider = Decider(config, self.now)
+        self.cadence = Cadence(self.decider, config.tick, self.now)
+        self.actual = self.ready = config.min_replicas
+        self.backlog = 0.0
+        self.arrived = 0.0
+        self.answered = 0
+        self.latency = 0.0
+        self.requests = 0
+        self.change: tuple[float, int] | None = None  # a scale-up: (serving at, count)
+        self.follow_up = False
+        self.decisions: list[Decision] = []
+        self.changes: list[tuple[float, int, int, str]] = []  # (time, from, to, reason)
+
+    def run(self, until: float, rate: Callable[[float], float]) -> None:
+        c = self.config
+        while self.now < until - 1e-9:
+            self.now += c.sample_interval
+            woken = False
+            if self.change is not None and self.change[0] <= self.now + 1e-9:
+                self.ready += self.change[1]  # the scale-up completes: decide again now
+                self.change, woken = None, True
+            r = rate(self.now)
+            capacity = self.ready * SLOTS / SERVICE
+            if r > capacity:
+                self.backlog += (r - capacity) * c.sample_interval
+            else:  # drained by the replica that holds it, at its spare capacity
+                spare = max(0.0, SLOTS / SERVICE - r / self.ready)
+                self.backlog = max(0.0, self.backlog - spare * c.sample_interval)
+            in_flight = _in_flight(min(r, 0.97 * capacity), self.ready) + self.backlog
+            self.requests += 1
+            self.arrived += r * c.sample_interval
+            answered = max(self.answered, math.floor(self.arrived - in_flight))
+            self.latency += (answered - self.answered) * in_flight / r
+            self.answered = answered
+            self.decider.observe(
+                self.now, in_flight, self.requests, answered=answered, latency=self.latency
+            )
+            idle = self.change is None
+            if not self.cadence.due(
+                self.now, actual=self.actual, ready=self.ready, idle=idle, woken_for=woken
+            ):
+                continue
+            d = self.decider.decide(self.now, self.actual, self.ready)
+            self.decisions.append(d)
+            if not idle or d.desired == self.actual:
+                continue
+            self.changes.append((self.now, self.actual, d.desired, d.reason))
+            if d.desired > self.actual:
+                self.change = (self.now + self.start, d.desired - self.actual)
+            else:  # leaves the ring at once and drains
+                self.ready -= self.actual - d.desired
+            self.actual = d.desired
+
+
+def test_the_stable_path_catches_up_with_a_plateau_in_one_change() -> None:
+    """ce8332f's A-5 went 7 -> 8 -> 10 under a constant 240 req/s: the step's panic ended
+    (a stable window after its backlog drained) with 7 replicas before the ramp's end;
+    then the stable path decided, and its 20 s window still averaged in the ramp: 8 at
+    49.7 s (the window's mean), 10 at 53.2 s as the mean climbed, both reason=load, 3.5 s
+    apart. Replayed with the autoscaler's cadence (decisions at the sample, one change at
+    a time): on the plateau, at most one change per stabilisation window. Replicas that
+    serve 1 s after their decision (A-5's start under that load, 0.6-0.8 s, and its
+    ring) put the panic's end at 42 s with 7 replicas, as in ce8332f; before the fix this
+    replay went 7 -> 8 at 48.25 s and 8 -> 9 at 51.35 s, both reason=load."""
+    config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=10, target=3.0)
+    replay = Replay(config, start=1.0)
+    rate = a5_rate(10.0, 240.0)
+    replay.run(45.0, rate)
+    # The situation of ce8332f: the step's panic is over before the plateau, and the pool
+    # is short of what the plateau needs (240 x 0.1 / 3 = 8, more with its queueing).
+    ended = [d for d in replay.decisions if d.time < 45.0]
+    assert not ended[-1].panicking, [d.detail() for d in ended[-8:]]
+    assert replay.actual < 8, replay.changes
+    replay.run(70.0, rate)
+    plateau = [(t, a, b, why) for t, a, b, why in replay.changes if t >= 45.0]
+    assert plateau, replay.changes  # the plateau needs more than the ramp's pool
+    times = [t for t, *_ in plateau]
+    for a, b in itertools.pairwise(times):
+        assert b - a >= config.scale_down_delay - 1e-9, replay.changes
+    # ...and the pool it went to carries the plateau (within the tolerance of the target).
+    assert _in_flight(240.0, replay.actual) / replay.actual <= config.target * 1.1, replay.changes

@@ -442,6 +442,36 @@ class Decider:
         )
 
 
+class Cadence:
+    """When ``Autoscaler.run`` decides: at every tick, and between ticks at the samples
+    that cannot wait for one: a wake for a pool that holds requests (a cold start) or
+    after a completed scale-up (more may be due), a load step that starts a panic, and a
+    panic that asks for more than the pool has. The last three only while no change runs
+    (one change at a time). Kept apart from the loop so that a replay on a virtual clock
+    (tests/test_autoscale_decider.py) decides at exactly the samples production does."""
+
+    def __init__(self, decider: Decider, tick: float, now: float) -> None:
+        self._decider = decider
+        self._tick = tick
+        self.next_tick = now + tick
+
+    def due(
+        self, now: float, *, actual: int, ready: int, idle: bool, woken_for: bool = False
+    ) -> bool:
+        """Whether to decide at this sample (``woken_for``: woken by held requests or after
+        a scale-up); if so the next tick is one tick from now."""
+        decider = self._decider
+        if (
+            now >= self.next_tick
+            or (woken_for and idle)
+            or (idle and decider.panic_starts(now, ready))
+            or (idle and decider.panic_grows(now, actual))
+        ):
+            self.next_tick = now + self._tick
+            return True
+        return False
+
+
 class Answers(Protocol):
     """The data plane's answer counters the autoscaler reads (``ProxyStats``; no import of
     the data plane): the answers that reflect replica work (2xx and 3xx relayed from a
@@ -552,7 +582,7 @@ class Autoscaler:
         now = loop.time()
         self.decider = decider = Decider(c, now)
         self._expected = len(self._pool)
-        next_tick = now + c.tick
+        cadence = Cadence(decider, c.tick, now)
         try:
             while True:
                 woken = False
@@ -581,14 +611,14 @@ class Autoscaler:
                 idle = self._action is None
                 if idle:
                     self._build_rings_ahead()
-                if (
-                    now >= next_tick
-                    or (woken and idle and (held or self._follow_up))
-                    or (idle and decider.panic_starts(now, self.ready()))
-                    or (idle and decider.panic_grows(now, len(self._pool)))
+                if cadence.due(
+                    now,
+                    actual=len(self._pool),
+                    ready=self.ready(),
+                    idle=idle,
+                    woken_for=woken and bool(held or self._follow_up),
                 ):
                     self._follow_up = False
-                    next_tick = now + c.tick
                     self._tick(now)
         finally:
             if self.hold is not None:
