@@ -542,9 +542,12 @@ class Replay:
     drains only at one replica's spare capacity: after A-5's step that took about 12 s, and
     the step's panic ended about 20 s later, during the ramp."""
 
-    def __init__(self, config: AutoscaleConfig, start: float) -> None:
+    def __init__(self, config: AutoscaleConfig, start: float, queueing: float = 1.0) -> None:
+        """``queueing``: a factor on the model's queueing (``_in_flight`` puts 31 in flight
+        on 8 replicas at 240 req/s; A-5 measured 27-28)."""
         self.config = config
         self.start = start
+        self.queueing = queueing
         self.now = 0.0
         self.decider = Decider(config, self.now)
         self.cadence = Cadence(self.decider, config.tick, self.now)
@@ -574,7 +577,9 @@ class Replay:
             else:  # drained by the replica that holds it, at its spare capacity
                 spare = max(0.0, SLOTS / SERVICE - r / self.ready)
                 self.backlog = max(0.0, self.backlog - spare * c.sample_interval)
-            in_flight = _in_flight(min(r, 0.97 * capacity), self.ready) + self.backlog
+            served = min(r, 0.97 * capacity)
+            queued = _in_flight(served, self.ready) - served * SERVICE
+            in_flight = served * SERVICE + self.queueing * queued + self.backlog
             self.requests += 1
             self.arrived += r * c.sample_interval
             answered = max(self.answered, math.floor(self.arrived - in_flight))
@@ -627,3 +632,20 @@ def test_the_stable_path_catches_up_with_a_plateau_in_one_change() -> None:
         assert b - a >= config.scale_down_delay - 1e-9, replay.changes
     # ...and the pool it went to carries the plateau (within the tolerance of the target).
     assert _in_flight(240.0, replay.actual) / replay.actual <= config.target * 1.1, replay.changes
+
+
+@pytest.mark.parametrize("queueing", [1.0, 0.5, 0.3, 0.2])
+@pytest.mark.parametrize("start", [0.3, 0.5, 0.8, 1.0, 1.2, 1.5])
+def test_no_two_changes_within_a_stabilisation_window_on_the_plateau(
+    start: float, queueing: float
+) -> None:
+    """The same replay across replica starts and replicas that queue less than the model
+    (A-5's measured 27-28 in flight on 8): wherever the step's panic ends, the plateau
+    (240 req/s from 45 s) sees no two changes within one stabilisation window. Before the
+    fix, start 1.0 s at x1 and start 1.2 s at x0.5 went 7 -> 8 -> 9 within 3-5 s."""
+    config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=10, target=3.0)
+    replay = Replay(config, start, queueing)
+    replay.run(70.0, a5_rate(10.0, 240.0))
+    times = [t for t, *_ in replay.changes if t >= 45.0]
+    for a, b in itertools.pairwise(times):
+        assert b - a >= config.scale_down_delay - 1e-9, replay.changes
