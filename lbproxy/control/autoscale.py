@@ -20,7 +20,9 @@ signal without a metrics pipeline. ``Decider`` is the pure core (time is passed 
   constant load near a boundary does not flap.
 - Outside panic, a change also needs the panic window on its side (the stable window lags
   a trend: after a ramp it would shrink a pool the plateau needs), and nothing scales down
-  while the load is rising.
+  while the load is rising. A scale-up both windows ask for goes in one change to what the
+  panic window asks (the HPA scales up at once to its current recommendation): capped at
+  the lagging stable window, a pool that trailed a ramp caught up one step at a time.
 - Rate limits: at most ``ceil(max_scale_up_rate * ready)`` and at least
   ``floor(actual / max_scale_down_rate)`` replicas after one decision.
 - With ``min_replicas`` 0, a pool that saw no request at all for the stable window goes
