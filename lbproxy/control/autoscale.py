@@ -628,7 +628,7 @@ class Autoscaler:
                 if cadence.due(
                     now,
                     actual=len(self._pool),
-                    ready=self.ready(),
+                    ready=self.ready() if idle else 0,  # read only while no change runs
                     idle=idle,
                     woken_for=woken and bool(held or self._follow_up),
                 ):
