@@ -225,7 +225,7 @@ def test_a5_report_words_the_figures_from_a_template() -> None:
     assert "scale-up decision within one tick (<= 2 s)**: yes, 0.40 s." in text
     assert "yes, 200 ms against 200 ms for the fixed pool of 10 (1.00x)" in text
     assert "the first scale-down after it came at 82.0 s" in text
-    assert "yes, no change of direction within one stable window (20 s)" in text
+    assert "yes, no two scale changes within one stable window (20 s) under the same" in text
     assert "| the client's whole request | 585 | 585 | **585** |" in text
     assert "redispatched to another replica on a ring change" in text
     assert "the pool was at the size the step asked for (3 replicas) 4.00 s after the step" in text
@@ -234,18 +234,25 @@ def test_a5_report_words_the_figures_from_a_template() -> None:
 
 
 @pytest.mark.unit
-def test_a5_report_calls_a_reversal_under_constant_load_flapping() -> None:
-    """Down then up at the same rate within one stable window is flapping; a run of
-    scale-ups answering a step is not."""
+def test_a5_report_calls_two_changes_within_a_window_under_constant_load_flapping() -> None:
+    """Issue 12: "under a constant load, at most one scale change per stabilisation window".
+    Two scale-ups 3.5 s apart on the plateau (ce8332f's 7 -> 8 -> 10) broke it, and so do
+    two scale-ups answering one step; changes in a ramp (the load not constant) do not."""
     events = [
         (12.5, "scaled up by 1: actual=2 ready=2"),
         (13.8, "scaled up by 2: actual=4 ready=4"),
-        (52.2, "scaled down by 2: actual=8 ready=8"),
-        (62.0, "scaled up by 1: actual=9 ready=9"),
+        (36.0, "scaled up by 1: actual=5 ready=5"),
+        (39.0, "scaled up by 1: actual=6 ready=6"),
+        (49.7, "scaled up by 2: actual=8 ready=8"),
+        (53.2, "scaled up by 2: actual=10 ready=10"),
+        (75.0, "scaled down by 2: actual=8 ready=8"),
     ]
-    flips = report._reversals(events, PROFILE, 20.0)
-    assert [(x["t1"], x["t2"], x["rate"]) for x in flips] == [(52.2, 62.0, 240.0)]
-    assert report._reversals(events, PROFILE, 5.0) == []
+    crowded = report._crowded_changes(events, PROFILE, 20.0)
+    assert [(x["t1"], x["t2"], x["rate"]) for x in crowded] == [
+        (12.5, 13.8, 120.0),
+        (49.7, 53.2, 240.0),
+    ]
+    assert report._crowded_changes(events, PROFILE, 1.0) == []
 
 
 @pytest.mark.unit

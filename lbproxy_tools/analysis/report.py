@@ -444,7 +444,7 @@ def a5_context(results: dict[str, Any]) -> dict[str, object]:
         "step_size_s": step_size_s,
         "ratio": ratio,
         "stable_window": stable_window,
-        "reversals": _reversals(auto.get("events") or [], prof, stable_window),
+        "crowded": _crowded_changes(auto.get("events") or [], prof, stable_window),
         "scale_downs_after_step_down": [
             t
             for t, d in auto.get("events") or []
@@ -476,18 +476,18 @@ def _step_size(events: list[tuple[float, str]], step: float) -> tuple[int | None
     return size, None
 
 
-def _reversals(
+def _crowded_changes(
     events: list[tuple[float, str]], prof: list[tuple[float, ...]], window: float
 ) -> list[dict[str, object]]:
-    """Flapping: two consecutive scale changes in opposite directions, less than one stable
-    window apart, both under the same constant load. (A run of scale-ups answering a step is
-    a reaction, not flapping; a scale-down followed by a scale-up at the same rate is.)"""
+    """Issue 12's flapping, word for word: two consecutive scale changes less than one
+    stable window apart, both under the same constant load, in either direction. (It used
+    to count only changes of direction, so ce8332f's 7 -> 8 -> 10, two scale-ups 3.5 s apart
+    on the plateau, passed.)"""
     changes = [(t, d) for t, d in events if d.startswith(("scaled up", "scaled down"))]
     out: list[dict[str, object]] = []
     for (t1, d1), (t2, d2) in itertools.pairwise(changes):
-        up1, up2 = d1.startswith("scaled up"), d2.startswith("scaled up")
         stretch = next((ph for ph in prof if ph[2] == ph[3] and ph[0] <= t1 and t2 < ph[1]), None)
-        if up1 != up2 and t2 - t1 < window and stretch is not None:
+        if t2 - t1 < window and stretch is not None:
             out.append({"t1": t1, "d1": d1, "t2": t2, "d2": d2, "rate": stretch[2]})
     return out
 
