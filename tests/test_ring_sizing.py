@@ -8,10 +8,13 @@ pool of 1,000 needs for its largest share to stay within 5% of the mean.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from lbproxy.cli import build_parser, config_from_args
 from lbproxy.config import ring_family
+from lbproxy.control.pool import Pool
 from lbproxy.ring import make_family
 from lbproxy.ring.maglev import (
     DEFAULT_TABLE_SIZE,
@@ -66,3 +69,23 @@ def test_largest_share_within_five_percent_at_the_largest_pool_of_a_size(n: int)
     ring = make_family("maglev", pool_size=n).build({f"replica-{i}": i for i in range(n)})
     shares = list(ring.shares().values())
     assert max(shares) * n <= 1.05
+
+
+def test_a_pool_that_outgrows_its_table_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The table is never resized (nearly every key would move): past ~4,096 entries a
+    replica the operator is told, once, what to declare at the next start."""
+    pool = Pool(make_family("maglev", pool_size=3))  # 65,537 entries
+    with caplog.at_level(logging.WARNING, logger="lbproxy.control.pool"):
+        for i in range(16):
+            pool.add(f"replica-{i}")
+        assert not caplog.records  # 16 x 4,096 fits
+        for i in range(16, 40):
+            pool.add(f"replica-{i}")
+    [record] = caplog.records
+    assert "17 replicas for a 65537-entry Maglev table" in record.getMessage()
+    assert "--slots 131063" in record.getMessage()
+    big = Pool(make_family("maglev", slots=DEFAULT_TABLE_SIZE))  # nothing larger to suggest
+    caplog.clear()
+    for i in range(2000):
+        big.add(f"replica-{i}")
+    assert not caplog.records

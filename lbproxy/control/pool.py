@@ -21,6 +21,7 @@ from lbproxy.backends.base import ReplicaHandle
 from lbproxy.control.events import EventLog
 from lbproxy.errors import BadRequest, EmptyRingError, NotFound
 from lbproxy.ring import Ring, RingFamily
+from lbproxy.ring.maglev import DEFAULT_TABLE_SIZE, ENTRIES_PER_REPLICA, table_size_for
 from lbproxy.ring.offload import RingBuilder, build_ring
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class Pool:
         self._ahead: dict[RingKey, asyncio.Task[Ring]] = {}
         self._prepared: RingKey | None = None  # the key of the /add's build ahead
         self.ring_builds = 0  # full builds (inline or in the worker)
+        self._outgrown = False  # warned that the pool outgrew its Maglev table
         self.ring_derivations = 0  # removals derived from the ring in use
         self._recent_rings: dict[RingKey, Ring] = {}
         #: Called whenever a new ring is in use (the front-end moves queued requests).
@@ -285,7 +287,31 @@ class Pool:
             ring_id = self._free_ring_ids(1)[0]
         replica = Replica(name=name, ring_id=ring_id)
         self._members[name] = replica
+        self._warn_if_outgrown()
         return replica
+
+    def _warn_if_outgrown(self) -> None:
+        """Say once when the pool outgrows its Maglev table: the table is sized to the
+        declared pool (``table_size_for``) and never resized (that would move nearly every
+        key), so past ~4,096 entries a replica its largest share drifts above the mean as
+        ``0.7 * sqrt(N / M)``; the operator can declare the size (``--slots``) at restart."""
+        slots = getattr(self.family, "slots", None)
+        if self._outgrown or self.family.name != "maglev" or not isinstance(slots, int):
+            return
+        n = len(self._members)
+        if n * ENTRIES_PER_REPLICA <= slots or slots >= DEFAULT_TABLE_SIZE:
+            return
+        self._outgrown = True
+        spread = 0.7 * math.sqrt(n / slots)
+        log.warning(
+            "the pool has %d replicas for a %d-entry Maglev table (sized to the declared pool): "
+            "shares may now stray by about %.0f%% from the mean; restart with --slots %d "
+            "(or --replicas/--autoscale MAX at the size you run) for ~4,096 entries a replica",
+            n,
+            slots,
+            spread * 100,
+            table_size_for(n),
+        )
 
     def remove(self, *names: str) -> list[Replica]:
         """Take ``names`` out of the pool and off the ring in one rebuild; ids become free.
