@@ -13,6 +13,7 @@ import os
 import random
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -297,6 +298,26 @@ def _in_flight(rate: float, ready: int) -> float:
     return ready * (offered + _erlang_c(SLOTS, offered) * rho / (1 - rho) / 2)
 
 
+@dataclass
+class Answers:
+    """What an open-loop load's answers tell the decider: whatever arrived and is not in
+    flight was answered, each after the time Little's law gives the pool now (in flight /
+    rate), backlog included. Shared by the simulated pools below."""
+
+    arrived: float = 0.0
+    answered: int = 0
+    latency: float = 0.0
+
+    def observe(
+        self, decider: Decider, now: float, requests: int, rate: float, dt: float, in_flight: float
+    ) -> None:
+        self.arrived += rate * dt
+        answered = max(self.answered, math.floor(self.arrived - in_flight))
+        self.latency += (answered - self.answered) * in_flight / rate
+        self.answered = answered
+        decider.observe(now, in_flight, requests, answered=answered, latency=self.latency)
+
+
 class Plant:
     """The decider in front of a pool that starts replicas in ``start`` seconds and serves
     an open-loop ``rate(t)``; what it cannot serve waits (a backlog, counted in flight)."""
@@ -307,9 +328,7 @@ class Plant:
         self.config = config
         self.start = start
         self.little = little
-        self.arrived = 0.0
-        self.answered = 0
-        self.latency = 0.0
+        self.answers = Answers()
         self.now = 0.0
         self.actual = self.ready = config.min_replicas
         self.backlog = 0.0
@@ -336,14 +355,8 @@ class Plant:
                 if not self.little:
                     self.decider.observe(self.now, in_flight, self.requests)
                     continue
-                # Whatever arrived and is not in flight was answered, each after the time
-                # Little's law gives the pool now (in flight / rate), backlog included.
-                self.arrived += r * c.sample_interval
-                answered = max(self.answered, math.floor(self.arrived - in_flight))
-                self.latency += (answered - self.answered) * in_flight / r
-                self.answered = answered
-                self.decider.observe(
-                    self.now, in_flight, self.requests, answered=answered, latency=self.latency
+                self.answers.observe(
+                    self.decider, self.now, self.requests, r, c.sample_interval, in_flight
                 )
             d = self.decider.decide(self.now, self.actual, self.ready)
             if d.desired > self.actual:
@@ -553,9 +566,7 @@ class Replay:
         self.cadence = Cadence(self.decider, config.tick, self.now)
         self.actual = self.ready = config.min_replicas
         self.backlog = 0.0
-        self.arrived = 0.0
-        self.answered = 0
-        self.latency = 0.0
+        self.answers = Answers()
         self.requests = 0
         self.change: tuple[float, int] | None = None  # a scale-up: (serving at, count)
         self.follow_up = False
@@ -581,12 +592,8 @@ class Replay:
             queued = _in_flight(served, self.ready) - served * SERVICE
             in_flight = served * SERVICE + self.queueing * queued + self.backlog
             self.requests += 1
-            self.arrived += r * c.sample_interval
-            answered = max(self.answered, math.floor(self.arrived - in_flight))
-            self.latency += (answered - self.answered) * in_flight / r
-            self.answered = answered
-            self.decider.observe(
-                self.now, in_flight, self.requests, answered=answered, latency=self.latency
+            self.answers.observe(
+                self.decider, self.now, self.requests, r, c.sample_interval, in_flight
             )
             idle = self.change is None
             if not self.cadence.due(
