@@ -535,6 +535,9 @@ class Autoscaler:
         self._action: asyncio.Task[None] | None = None
         self._expected = -1
         self._follow_up = False
+        #: The (ring, pool size) whose rings ahead were all found built: nothing to ask the
+        #: pool again at every sample until a change makes another ring or pool size.
+        self._ahead_for: tuple[object, int] | None = None
         self._served: dict[str, int] = {}
         self._requests = 0
         self.decider: Decider | None = None
@@ -657,9 +660,13 @@ class Autoscaler:
         if names_ahead is None:
             return
         n = len(self._pool)
+        ahead_for = (self._pool.ring, n)
+        if ahead_for == self._ahead_for:
+            return
         for size in sorted({min(n + k, self.config.max_replicas) for k in RINGS_AHEAD}):
             if size > n and not self._pool.speculate(names_ahead(size - n)):
                 return
+        self._ahead_for = ahead_for
 
     def _tick(self, now: float) -> None:
         decider = self.decider
