@@ -80,21 +80,33 @@ class Sample:
 
 @dataclass
 class Load:
-    """``clients`` keep-alive clients sending GET /home with random ids until stopped."""
+    """GET /home with random ids until stopped, from ``clients`` keep-alive connections.
+
+    Closed loop (``rate`` 0): each client sends its next request when the last one answered.
+    Open loop (``rate`` > 0, wrk2's constant throughput): requests are due every 1/``rate``
+    seconds whatever happens, share the ``clients`` connections, and each one's latency runs
+    from when it was due, not from when it was sent. A closed loop under-reports a stall
+    (coordinated omission: its clients stop sending while they wait), and at full speed it
+    keeps both cores busy, so anything else the machine does (starting a process) shows in
+    its p99; an open loop below capacity leaves the headroom a real deployment has.
+    """
 
     url: str
     clients: int
     seed: int
+    rate: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     #: When set (during an ejection), the keys to draw from instead of random ids.
     ids: list[str] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    #: When each client's request in flight started (the ejection waits for older ones).
+    #: When each request in flight started (the ejection waits for older ones).
     started: dict[int, float] = field(default_factory=dict)
+    #: Open loop: requests sent late because the load's own loop fell behind its schedule.
+    late: int = 0
 
     async def settled_since(self, moment: float) -> None:
-        """Until every client's request in flight started after ``moment`` (so it used
-        the key set chosen then)."""
+        """Until every request in flight started after ``moment`` (so it used the key set
+        chosen then)."""
         while any(t < moment for t in self.started.values()):
             await asyncio.sleep(0.005)
 
@@ -102,28 +114,57 @@ class Load:
         connector = aiohttp.TCPConnector(limit=self.clients, force_close=False)
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            await asyncio.gather(*(self._client(session, i) for i in range(self.clients)))
+            if self.rate > 0:
+                await self._open_loop(session)
+            else:
+                await asyncio.gather(*(self._client(session, i) for i in range(self.clients)))
+
+    def _key(self, rng: random.Random) -> str:
+        return rng.choice(self.ids) if self.ids else str(rng.randrange(100_000, 1_000_000))
+
+    async def _one(self, session: aiohttp.ClientSession, index: int, key: str, due: float) -> None:
+        """One request, its latency from ``due``; recorded when it ends."""
+        loop = asyncio.get_running_loop()
+        self.started[index] = due
+        ok = False
+        why = ""
+        try:
+            async with session.get(self.url + "/home", headers={"X-Request-ID": key}) as r:
+                body = await r.read()
+                ok = r.status == 200
+                why = body[:160].decode("utf-8", "replace")
+                if not ok:
+                    why = f"{r.status} {why}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+        self.samples.append(Sample(due, loop.time() - due, ok, key, why))
+        self.started.pop(index, None)
 
     async def _client(self, session: aiohttp.ClientSession, index: int) -> None:
         rng = random.Random(self.seed * 1000 + index)
         loop = asyncio.get_running_loop()
         while not self.stop.is_set():
-            key = rng.choice(self.ids) if self.ids else str(rng.randrange(100_000, 1_000_000))
-            start = loop.time()
-            self.started[index] = start
-            ok = False
-            why = ""
-            try:
-                async with session.get(self.url + "/home", headers={"X-Request-ID": key}) as r:
-                    body = await r.read()
-                    ok = r.status == 200
-                    why = body[:160].decode("utf-8", "replace")
-                    if not ok:
-                        why = f"{r.status} {why}"
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                why = f"{type(exc).__name__}: {exc}"
-            self.samples.append(Sample(start, loop.time() - start, ok, key, why))
-            self.started.pop(index, None)
+            await self._one(session, index, self._key(rng), loop.time())
+
+    async def _open_loop(self, session: aiohttp.ClientSession) -> None:
+        rng = random.Random(self.seed)
+        loop = asyncio.get_running_loop()
+        interval = 1.0 / self.rate
+        inflight: set[asyncio.Task[None]] = set()
+        due = loop.time()
+        index = 0
+        while not self.stop.is_set():
+            now = loop.time()
+            if due > now:
+                await asyncio.sleep(due - now)
+            elif now - due > interval:
+                self.late += 1
+            task = asyncio.create_task(self._one(session, index, self._key(rng), due))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+            index += 1
+            due += interval
+        await asyncio.gather(*inflight)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -210,7 +251,7 @@ async def churn_run(
     Admin calls go to the separate admin port: on the public one they would be bound by the
     short read timeout the ejection step needs.
     """
-    load = Load(url, args.clients, seed=n)
+    load = Load(url, args.clients, seed=n, rate=args.rate)
     runner = asyncio.create_task(load.run())
     loop = asyncio.get_running_loop()
     #: Each steady period's (start, end): the change windows are compared with steady
@@ -364,6 +405,12 @@ async def churn_run(
         await steady_period()
     load.stop.set()
     await runner
+    if load.rate > 0:
+        span = (max(s.start for s in load.samples) - min(s.start for s in load.samples)) or 1.0
+        log(
+            f"N={n} open loop: {len(load.samples) / span:.0f} requests/s asked at "
+            f"{load.rate:g}; {load.late} sent more than one interval late"
+        )
     steady: list[Sample] = []
     for index, (t0, t1) in enumerate(periods):
         window = [s for s in load.samples if t0 <= s.start and s.start + s.latency <= t1]
@@ -692,7 +739,19 @@ def main() -> int:
         help="more `lbproxy serve` flags for every tree, e.g. '--hash rendezvous' (no build "
         "worker: tells the worker's share of a change from the rest)",
     )
-    p.add_argument("--clients", type=int, default=8)
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=8,
+        help="keep-alive connections (closed loop: one client each; open loop: shared)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="open loop: requests per second, each timed from when it was due (wrk2's "
+        "constant throughput); 0 (the default) is a closed loop at full speed",
+    )
     p.add_argument("--steady", type=float, default=3.0, help="steady seconds before each change")
     p.add_argument("--tail", type=float, default=0.5, help="seconds counted after a change")
     p.add_argument("--read-timeout", type=float, default=0.5)
