@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import math
@@ -76,6 +77,10 @@ class Sample:
     ok: bool
     key: str = ""
     why: str = ""  # a failure's status or exception; the slowest request's explanation
+
+    @property
+    def end(self) -> float:
+        return self.start + self.latency
 
 
 @dataclass
@@ -293,6 +298,7 @@ async def churn_run(
             async with admin.delete(admin_url + "/rm", json={"n": 1, "hostnames": added}) as r:
                 if r.status != 200:
                     raise RuntimeError(f"/rm answered {r.status}: {await r.text()}")
+            added.clear()
 
         def up_pids(status: dict[str, Any]) -> dict[str, str]:
             return {r["name"]: r["backend_id"] for r in status["replicas"] if r["state"] == "up"}
@@ -390,18 +396,24 @@ async def churn_run(
                 proc.terminate()
                 await asyncio.to_thread(proc.wait)
 
+        async def nothing() -> None:
+            """No change and no process: a window cut like a change's, read like one. The
+            A/A control of the method: its p99 over steady must come out near 1.0."""
+
         preparations = {"eject": eject_prepare}
         await asyncio.sleep(1.0)  # warm-up: connections, caches
         steps = (
+            ("nothing", nothing),
             ("spawn", spawn),
             ("add 1", add),
             ("rm 1", rm),
             ("kill -9", kill),
             ("eject", eject),
         )
-        for name, action in steps:
-            if name.split()[0] in args.changes:
-                await change(name, action)
+        for _ in range(args.repeat):
+            for name, action in steps:
+                if name.split()[0] in args.changes:
+                    await change(name, action)
         await steady_period()
     load.stop.set()
     await runner
@@ -413,16 +425,19 @@ async def churn_run(
         )
     steady: list[Sample] = []
     for index, (t0, t1) in enumerate(periods):
-        window = [s for s in load.samples if t0 <= s.start and s.start + s.latency <= t1]
+        window = [s for s in load.samples if t0 <= s.end <= t1]
         steady.extend(window)
         if args.trace is not None:
             write_trace(args.trace / f"{label}-{n}-steady{index}.json", window, t0, t0)
-    rows: list[dict[str, Any]] = []
+    steady.sort(key=lambda s: s.end)
+    windows: dict[str, list[dict[str, Any]]] = {}
     for name, t0, t1, t2 in changes:
-        during = [s for s in load.samples if t0 <= s.start + s.latency and s.start <= t2]
-        rows.append({"change": name, "samples": during, "took": t1 - t0, "window": t2 - t0})
+        during = [s for s in load.samples if t0 <= s.end <= t2]
+        seen = windows.setdefault(name, [])
+        seen.append({"samples": during, "took": t1 - t0, "window": t2 - t0})
         if args.trace is not None:
-            write_trace(args.trace / f"{label}-{n}-{name.split()[0]}.json", during, t0, t1)
+            suffix = f"-{len(seen)}" if args.repeat > 1 else ""
+            write_trace(args.trace / f"{label}-{n}-{name.split()[0]}{suffix}.json", during, t0, t1)
         log(f"N={n} {name}: {len(during)} requests, applied in {(t1 - t0) * 1000:.0f} ms")
         explain(during, t0)
     base_lat = [s.latency for s in steady]
@@ -437,19 +452,27 @@ async def churn_run(
             "took_ms": math.nan,
         }
     ]
-    for row in rows:
-        lat = [s.latency for s in row["samples"]]
-        p99 = pct(lat, 99)
-        like = like_for_like(steady, periods, row["window"])
+    for name, seen in windows.items():
+        # Repeated changes (--repeat): the median window's p99 (and slowest), read against
+        # the median of the steady windows as long; one window alone is noise on a shared
+        # machine, where steady windows' p99s vary several-fold.
+        p99 = statistics.median(pct([s.latency for s in w["samples"]], 99) for w in seen)
+        like = like_for_like(steady, periods, statistics.median(w["window"] for w in seen))
+        lat = [s.latency for w in seen for s in w["samples"]]
         out.append(
             {
                 "n": n,
-                "change": row["change"],
+                "change": name,
+                "windows": len(seen),
                 "requests": len(lat),
-                "failed": sum(not s.ok for s in row["samples"]),
+                "failed": sum(not s.ok for w in seen for s in w["samples"]),
                 "max_ms": max(lat) * 1000,
+                "median_max_ms": statistics.median(
+                    max(s.latency for s in w["samples"]) for w in seen
+                )
+                * 1000,
                 "p99_ms": p99 * 1000,
-                "took_ms": row["took"] * 1000,
+                "took_ms": statistics.median(w["took"] for w in seen) * 1000,
                 "steady_like_p99_ms": statistics.median(like) * 1000 if like else math.nan,
                 "steady_like_slower": (
                     sum(x >= p99 for x in like) / len(like) if like else math.nan
@@ -465,16 +488,21 @@ def like_for_like(
     """The p99 of every steady window as long as a change's, cut end to end from the steady
     periods: a p99 over 1,500 requests moves by tens of percent from window to window on a
     shared machine, so a change's p99 is read against these, not only against the p99 of
-    all steady requests together."""
+    all steady requests together.
+
+    A request belongs to the window it ended in, in steady windows and change windows
+    alike: a stall's victims all end after it, and the same rule on both sides keeps the
+    comparison fair (the steady windows once took only requests that began and ended
+    inside them, which left out the slow ones straddling a boundary, while a change's
+    window took every request that overlapped it).
+    """
     out: list[float] = []
+    ends = [s.end for s in steady]  # ``steady`` is sorted by end
     for t0, t1 in periods:
         start = t0
         while start + length <= t1:
-            chunk = [
-                s.latency
-                for s in steady
-                if start <= s.start and s.start + s.latency <= start + length
-            ]
+            lo, hi = bisect.bisect_left(ends, start), bisect.bisect_left(ends, start + length)
+            chunk = [s.latency for s in steady[lo:hi]]
             if chunk:
                 out.append(pct(chunk, 99))
             start += length
@@ -752,6 +780,13 @@ def main() -> int:
         help="open loop: requests per second, each timed from when it was due (wrk2's "
         "constant throughput); 0 (the default) is a closed loop at full speed",
     )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the changes this many times, interleaved with steady periods; each row "
+        "then shows the median window's p99 and slowest request",
+    )
     p.add_argument("--steady", type=float, default=3.0, help="steady seconds before each change")
     p.add_argument("--tail", type=float, default=0.5, help="seconds counted after a change")
     p.add_argument("--read-timeout", type=float, default=0.5)
@@ -764,9 +799,10 @@ def main() -> int:
     )
     p.add_argument(
         "--changes",
-        default="spawn,add,rm,kill,eject",
-        help="steps in order; spawn boots a server_app beside the balancer (no change): "
-        "the machine's share of a replacement's or an addition's cost",
+        default="nothing,spawn,add,rm,kill,eject",
+        help="steps in order; nothing changes nothing (the method's A/A control: its ratio "
+        "must be near 1); spawn boots a replica beside the balancer (no change): the "
+        "machine's share of a replacement's or an addition's cost",
     )
     p.add_argument("--baseline", type=Path, help="another lbproxy tree, measured interleaved")
     p.add_argument(
@@ -801,16 +837,19 @@ def main() -> int:
             ring_rows.append({"tree": label, **ring_level(n, tree, args.ring_repeat)})
     if rows:
         print(
-            "\n| tree | N | change | requests | failed | slowest ms | p99 ms | applied in ms "
-            "| p99 of steady windows as long, median ms | steady windows as slow |"
+            "\n| tree | N | change | windows | requests | failed | slowest ms (median window) "
+            "| p99 ms (median window) | applied in ms | p99 of steady windows as long, median ms "
+            "| p99 over steady | steady windows as slow |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---" * 12 + "|")
         for r in rows:
+            like = r.get("steady_like_p99_ms", math.nan)
             print(
-                f"| {r['tree']} | {r['n']} | {r['change']} | {r['requests']} | {r['failed']} "
-                f"| {r['max_ms']:.1f} | {r['p99_ms']:.1f} | {r['took_ms']:.0f} "
-                f"| {r.get('steady_like_p99_ms', math.nan):.1f} "
-                f"| {r.get('steady_like_slower', math.nan):.0%} |"
+                f"| {r['tree']} | {r['n']} | {r['change']} | {r.get('windows', '')} "
+                f"| {r['requests']} | {r['failed']} "
+                f"| {r['max_ms']:.1f} ({r.get('median_max_ms', math.nan):.1f}) "
+                f"| {r['p99_ms']:.1f} | {r['took_ms']:.0f} | {like:.1f} "
+                f"| {r['p99_ms'] / like:.2f} | {r.get('steady_like_slower', math.nan):.0%} |"
             )
     if ring_rows:
         kinds = ("idle", "add", "remove", "death", "replacement", "eject", "readmit")
