@@ -5,7 +5,9 @@ HAProxy with the same configuration) in front of the real Docker socket, on 127.
 sends it what the balancer sends (accepted) and what it must never be able to (refused
 with 403): privileged or host-mounting containers, unlabelled ones, containers named outside
 the pool, starting, stopping or removing anyone else's container (or its own by ID), exec,
-volumes, the swarm itself. Needs `docker info`.
+volumes, the swarm itself; replicas that publish ports on the host, resolve names their own
+way, share another container's namespaces or read another's volumes, secrets or configs,
+or run with fewer protections than the backends ask for. Needs `docker info`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ FOREIGN = "lbproxy-socket-proxy-foreign"
 #: A replica container as lbproxy named it before names carried the pool (bare hostname).
 LEGACY = "lbproxy-socket-proxy-legacy"
 POOL = {"lbproxy.control.pool": POOL_NAME, "lbproxy.role": "replica"}
+#: A named volume of someone else's (a refused creation would have made it).
+VOLUME = "lbproxy-socket-proxy-foreign"
 #: The networks the proxy lets the balancer use (LBPROXY_NETWORK, LBPROXY_SWARM_NETWORK).
 NET = f"{POOL_NAME}-net"
 SWARM_NET = f"{POOL_NAME}-swarm"
@@ -129,6 +133,7 @@ def proxy() -> Iterator[str]:
             proc.terminate()
             proc.wait(timeout=10)
         _docker("rm", "-f", NAME, FOREIGN, LEGACY)
+        _docker("volume", "rm", VOLUME)
         # NET, and what a refused creation would have made had the proxy let it through
         _docker("network", "rm", NET, "someone-elses-net", f"{POOL_NAME}-other")
 
@@ -201,6 +206,27 @@ async def test_the_balancers_calls_pass(api: Any) -> None:
     body = _as_aiodocker_sends(_balancers_container())
     assert await api("POST", f"/containers/create?name={NAME}", raw=body) == 201
     assert await api("DELETE", f"/containers/{NAME}?force=true") == 204
+
+
+async def test_a_start_or_stop_carries_no_body(proxy: str, api: Any) -> None:
+    """Before API 1.24 a start could carry a HostConfig, and the engine still takes one under
+    such a version in the path (Docker 20.10 with /v1.23: it stored Privileged and Binds on
+    the container, then started it): the pool's plain container would run privileged. The
+    balancer's start and stop (aiodocker) send no body."""
+    assert (
+        await api("POST", f"/containers/create?name={NAME}", raw=_as_aiodocker_sends(_CTR)) == 201
+    )
+    old_api = proxy.removesuffix("/v1.41") + "/v1.23"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for verb in ("start", "stop"):
+                url = f"{old_api}/containers/{NAME}/{verb}"
+                async with session.post(url, json={"Privileged": True}) as resp:
+                    assert resp.status == 403, (verb, resp.status, await resp.text())
+        stored = _docker("inspect", "-f", "{{.HostConfig.Privileged}}", NAME).stdout.strip()
+        assert stored == "false"
+    finally:
+        _docker("rm", "-f", NAME)
 
 
 async def test_only_the_pools_containers_can_be_changed(api: Any) -> None:
@@ -410,6 +436,112 @@ async def test_a_key_spelled_outside_ascii_is_refused(api: Any) -> None:
     assert await api("GET", f"/containers/{NAME}/json") == 404
 
 
+# -- what neither backend asks for: host ports, name resolution, others' namespaces and data,
+# fewer protections ----------------------------------------------------------------------
+
+_PUBLISHED = {"5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "15000"}]}
+#: A named volume whose local driver bind-mounts a host path: a bind mount by another name.
+_VOLUME_AS_BIND = {
+    "Type": "volume",
+    "Source": VOLUME,
+    "Target": "/x",
+    "VolumeOptions": {
+        "DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}
+    },
+}
+_DEVICE = {"PathOnHost": "/dev/mem", "PathInContainer": "/dev/mem", "CgroupPermissions": "rwm"}
+_ALLOW_ALL = json.dumps({"defaultAction": "SCMP_ACT_ALLOW"})  # a seccomp profile
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PortBindings", _PUBLISHED),
+        ("PublishAllPorts", True),
+        ("portBindings", _PUBLISHED),
+        ("Links", [f"{FOREIGN}:db"]),
+        ("ExtraHosts", ["registry.example:203.0.113.9"]),
+        ("Dns", ["203.0.113.53"]),
+        ("DnsOptions", ["ndots:15"]),
+        ("DnsSearch", ["example.org"]),
+        ("dns", ["203.0.113.53"]),
+        ("PidMode", f"container:{FOREIGN}"),
+        ("IpcMode", f"container:{FOREIGN}"),
+        ("Cgroup", f"container:{FOREIGN}"),
+        ("CgroupParent", "/"),
+        ("Sysctls", {"net.ipv4.ip_unprivileged_port_start": "0"}),
+        ("Runtime", "runc"),
+        ("MaskedPaths", []),
+        ("ReadonlyPaths", []),
+        ("Mounts", [{"Type": "volume", "Source": VOLUME, "Target": "/data"}]),
+        ("Mounts", [_VOLUME_AS_BIND]),
+        ("VolumeDriver", "local"),
+        ("binds", ["/:/host"]),
+        ("volumesFrom", [FOREIGN]),
+        ("capAdd", ["SYS_ADMIN"]),
+        ("Capabilities", ["CAP_SYS_ADMIN"]),
+        ("devices", [_DEVICE]),
+        ("deviceCgroupRules", ["c 1:1 rwm"]),
+        ("SecurityOpt", ["seccomp=unconfined"]),
+        ("SecurityOpt", [f"seccomp={_ALLOW_ALL}"]),
+        ("SecurityOpt", ["label=disable"]),
+        ("SecurityOpt", ["no-new-privileges", "no-new-privileges=false"]),
+        ("securityOpt", ["label=disable"]),
+    ],
+    ids=[
+        "port-bindings",
+        "publish-all-ports",
+        "port-bindings-in-other-case",
+        "links",
+        "extra-hosts",
+        "dns",
+        "dns-options",
+        "dns-search",
+        "dns-in-other-case",
+        "another-containers-pid-namespace",
+        "another-containers-ipc-namespace",
+        "another-containers-cgroup",
+        "cgroup-parent",
+        "sysctls",
+        "runtime",
+        "unmasked-proc-paths",
+        "writable-proc-paths",
+        "someone-elses-volume",
+        "volume-bind-mounting-a-host-path",
+        "volume-driver",
+        "binds-in-other-case",
+        "volumes-from-in-other-case",
+        "cap-add-in-other-case",
+        "capabilities-of-api-1-40",
+        "devices-in-other-case",
+        "device-cgroup-rules-in-other-case",
+        "seccomp-unconfined",
+        "seccomp-profile-allowing-everything",
+        "selinux-labels-off",
+        "no-new-privileges-undone",
+        "second-security-opt-in-other-case",
+    ],
+)
+async def test_a_container_asks_for_nothing_the_docker_backend_does_not(
+    api: Any, key: str, value: Any
+) -> None:
+    """The Docker backend's own body with one more HostConfig key (or SecurityOpt changed).
+    A published port opens the replica on the host's addresses; links, extra hosts and DNS
+    settings redirect its name resolution; another container's namespace, cgroup or volume
+    puts it inside someone else's; a runtime, sysctls, unmasked or writable /proc paths,
+    capabilities, devices or security options take protections away. The backend sends
+    none of them (SecurityOpt exactly ["no-new-privileges"]), so each is refused, in any
+    letter case (the engine's decoder folds case)."""
+    body = _then(_CTR, "HostConfig", key, value)
+    try:
+        for raw in (json.dumps(body), _as_aiodocker_sends(body)):
+            assert await api("POST", f"/containers/create?name={NAME}", raw=raw) == 403
+        assert await api("GET", f"/containers/{NAME}/json") == 404  # nothing was made
+    finally:
+        _docker("rm", "-f", NAME)  # what a rule that let it through made
+        _docker("volume", "rm", VOLUME)
+
+
 def _service(backend: SwarmBackend | None = None) -> dict[str, Any]:
     body: dict[str, Any] = json.loads((backend or _swarm_backend()).create_body("c1", 1))
     return body
@@ -448,14 +580,105 @@ async def test_a_service_may_log_to_json_file_and_join_the_pools_network_only(
     assert await api("POST", update, raw=json.dumps(body)) == 403
 
 
+_CS = "TaskTemplate.ContainerSpec"
+_HOST_PORT = {"Protocol": "tcp", "TargetPort": 5000, "PublishedPort": 15000}
+_FILE = {"Name": "x", "UID": "0", "GID": "0", "Mode": 292}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _then(_service(), "EndpointSpec", "Ports", [{**_HOST_PORT, "PublishMode": "host"}]),
+        _then(_service(), "EndpointSpec", "Ports", [{**_HOST_PORT, "PublishMode": "ingress"}]),
+        _then(_service(), "EndpointSpec", "ports", [_HOST_PORT]),
+        _then(_service(), _CS, "Hosts", ["203.0.113.9 registry.example"]),
+        _then(_service(), _CS, "DNSConfig", {"Nameservers": ["203.0.113.53"]}),
+        _then(_service(), _CS, "dnsConfig", {"Search": ["example.org"]}),
+        _then(_service(), _CS, "CapabilityAdd", ["CAP_SYS_ADMIN"]),
+        _then(_service(), _CS, "capabilityAdd", ["CAP_SYS_ADMIN"]),
+        _then(_service(), _CS, "Sysctls", {"net.ipv4.ip_unprivileged_port_start": "0"}),
+        _then(_service(), _CS, "Privileges", {"Seccomp": {"Mode": "unconfined"}}),
+        _then(_service(), _CS, "Privileges", {"AppArmor": {"Mode": "disabled"}}),
+        _then(_service(), _CS, "Privileges", {"SELinuxContext": {"Disable": True}}),
+        _then(_service(), _CS, "Privileges", {"CredentialSpec": {"Config": "someones"}}),
+        _then(_service(), _CS, "Mounts", [{"Type": "volume", "Source": VOLUME, "Target": "/d"}]),
+        _then(_service(), _CS, "Mounts", [_VOLUME_AS_BIND]),
+        _then(_service(), _CS, "Mounts", [{"Type": "tmpfs", "Target": "/d"}]),
+        _then(
+            _service(), _CS, "Secrets", [{"SecretName": "someones", "SecretID": "x", "File": _FILE}]
+        ),
+        _then(
+            _service(), _CS, "Configs", [{"ConfigName": "someones", "ConfigID": "x", "File": _FILE}]
+        ),
+        _then(_service(), "TaskTemplate", "Runtime", "plugin"),
+        _then(_service(), "TaskTemplate", "PluginSpec", {"Name": "someones", "Remote": "x/y"}),
+        _then(
+            _then(_service(), "TaskTemplate", "Runtime", "container"),
+            "TaskTemplate",
+            "runtime",
+            "plugin",
+        ),
+    ],
+    ids=[
+        "host-published-port",
+        "ingress-published-port",
+        "ports-in-other-case",
+        "extra-hosts",
+        "dns-config",
+        "dns-config-in-other-case",
+        "capability-add",
+        "capability-add-in-other-case",
+        "sysctls",
+        "seccomp-unconfined",
+        "apparmor-disabled",
+        "selinux-disabled",
+        "credential-spec",
+        "someone-elses-volume",
+        "volume-bind-mounting-a-host-path",
+        "tmpfs-mount",
+        "someone-elses-secret",
+        "someone-elses-config",
+        "plugin-runtime",
+        "plugin-spec",
+        "second-runtime-in-other-case",
+    ],
+)
+async def test_a_service_asks_for_nothing_the_swarm_backend_does_not(
+    api: Any, body: dict[str, Any]
+) -> None:
+    """The Swarm backend's own body with one more key: a published port (host mode or the
+    ingress mesh's, on every node), its own hosts or DNS, added capabilities or sysctls,
+    seccomp, AppArmor or SELinux relaxed, a mount of any type (a named volume is someone's
+    data; the local driver bind-mounts a host path), someone's secrets or configs, or a
+    plugin to install in place of a container. Refused at creation and at update."""
+    assert await api("POST", "/services/create", raw=json.dumps(body)) == 403
+    update = f"/services/{NAME}/update?version=1"
+    assert await api("POST", update, raw=json.dumps(body)) == 403
+
+
+def _as_the_engine_returns(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` as the engine returns it (Docker 20.10, API 1.41, `GET /services/<name>`
+    of the Swarm backend's service, 2026-12-08): the members it fills in added."""
+    out = copy.deepcopy(spec)
+    container = out["TaskTemplate"]["ContainerSpec"]
+    container["Privileges"] = {"CredentialSpec": None, "SELinuxContext": None}
+    container["Isolation"] = "default"
+    out["TaskTemplate"]["Placement"] = {}
+    out["TaskTemplate"]["ForceUpdate"] = 1
+    out["TaskTemplate"]["Runtime"] = "container"
+    out["UpdateConfig"]["MaxFailureRatio"] = 0
+    return out
+
+
 async def test_the_balancers_service_update_passes(api: Any) -> None:
     """An update sends the spec as the engine returns it, where the network is its ID (the
     proxy cannot tell whose network an ID is): update_body names it again (without a swarm
-    the engine then answers 503; with one, 404: there is no such service)."""
+    the engine then answers 503; with one, 404: there is no such service). The members the
+    engine fills in (empty Privileges, the "container" runtime, ...) pass."""
     backend = _swarm_backend()
     backend._network_id = "kq0z5m8v3yhq2ghgb4w4e0k3a"
     attached = [{"Target": backend._network_id, "Aliases": ["c1"]}]
-    stored = _changed(_service(backend), _NETS, attached)
+    stored = _as_the_engine_returns(_changed(_service(backend), _NETS, attached))
     assert await api("POST", f"/services/{NAME}/update?version=1", raw=json.dumps(stored)) == 403
     body = backend.update_body(stored)
     assert await api("POST", f"/services/{NAME}/update?version=1", raw=body) in (404, 503)
