@@ -15,15 +15,18 @@ import sys
 import urllib.error
 import urllib.request
 
-base = os.environ["LBPROXY_DOCKER_URL"].replace("tcp://", "http://") + "/v1.41"
+proxy = os.environ["LBPROXY_DOCKER_URL"].replace("tcp://", "http://")
+base = proxy + "/v1.41"
 pool = os.environ["LBPROXY_POOL"]
 label = {"lbproxy.control.pool": pool, "lbproxy.role": "replica"}
+# the network the proxy lets a container join (Compose passes it; stack.yaml the default)
+network = os.environ.get("LBPROXY_DOCKER_NETWORK", "lbproxy-net")
 
 
-def status(method, path, body=None):
+def status(method, path, body=None, api=None):
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(
-        base + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        (api or base) + path, data=data, method=method, headers={"Content-Type": "application/json"}
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -43,6 +46,16 @@ def service(**container):
     }
 
 
+def container(**host_config):
+    """A container the proxy would let through (the pool's name, label and network) but
+    for ``host_config``'s additions."""
+    return {"Image": image, "Labels": label, "HostConfig": {"NetworkMode": network, **host_config}}
+
+
+published = {"5000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "15999"}]}
+secret = {"SecretName": pool + "_admin_token", "SecretID": "x", "File": {"Name": "t"}}
+
+
 print(
     json.dumps(
         {
@@ -50,7 +63,7 @@ print(
             "privileged container": status(
                 "POST",
                 "/containers/create?name=" + pool + "_probe",
-                {"Image": image, "Labels": label, "HostConfig": {"Privileged": True}},
+                container(Privileged=True),
             ),
             "bind-mount service": status(
                 "POST",
@@ -66,6 +79,33 @@ print(
                 "POST",
                 "/services/create",
                 {"Name": pool + "_probe", "TaskTemplate": {"ContainerSpec": {"Image": image}}},
+            ),
+            "container publishing a host port": status(
+                "POST",
+                "/containers/create?name=" + pool + "_probe",
+                container(PortBindings=published),
+            ),
+            "container with its own DNS server": status(
+                "POST",
+                "/containers/create?name=" + pool + "_probe",
+                container(Dns=["203.0.113.53"]),
+            ),
+            "start with a host config (API 1.23)": status(
+                "POST",
+                "/containers/" + pool + "_probe/start",
+                {"Privileged": True},
+                proxy + "/v1.23",
+            ),
+            "service publishing a port": status(
+                "POST",
+                "/services/create",
+                {
+                    **service(),
+                    "EndpointSpec": {"Ports": [{"TargetPort": 5000, "PublishedPort": 15999}]},
+                },
+            ),
+            "service reading a secret": status(
+                "POST", "/services/create", service(Secrets=[secret])
             ),
             "stop a foreign container": status("POST", "/containers/" + sys.argv[1] + "/stop"),
             "remove the socket proxy": status("DELETE", "/services/" + pool + "_socket-proxy"),
