@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import statistics
 import subprocess
@@ -563,7 +564,7 @@ def process_level(
         str(args.eject_after),
         *extra,
         *replica_flags(args.replica),
-        *args.serve_args.split(),
+        *shlex.split(args.serve_args),
     )
     url = f"http://127.0.0.1:{port}"
     with owned_processes(600 + 3 * n) as procs:
