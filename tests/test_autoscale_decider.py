@@ -555,16 +555,19 @@ class Replay:
     drains only at one replica's spare capacity: after A-5's step that took about 12 s, and
     the step's panic ended about 20 s later, during the ramp."""
 
-    def __init__(self, config: AutoscaleConfig, start: float, queueing: float = 1.0) -> None:
+    def __init__(
+        self, config: AutoscaleConfig, start: float, queueing: float = 1.0, size: int = 0
+    ) -> None:
         """``queueing``: a factor on the model's queueing (``_in_flight`` puts 31 in flight
-        on 8 replicas at 240 req/s; A-5 measured 27-28)."""
+        on 8 replicas at 240 req/s; A-5 measured 27-28). ``size``: the pool at the start
+        (MIN unless given)."""
         self.config = config
         self.start = start
         self.queueing = queueing
         self.now = 0.0
         self.decider = Decider(config, self.now)
         self.cadence = Cadence(self.decider, config.tick, self.now)
-        self.actual = self.ready = config.min_replicas
+        self.actual = self.ready = size or config.min_replicas
         self.backlog = 0.0
         self.answers = Answers()
         self.requests = 0
@@ -656,3 +659,58 @@ def test_no_two_changes_within_a_stabilisation_window_on_the_plateau(
     times = [t for t, *_ in replay.changes if t >= 45.0]
     for a, b in itertools.pairwise(times):
         assert b - a >= config.scale_down_delay - 1e-9, replay.changes
+
+
+def _needs(rate: float, config: AutoscaleConfig) -> int:
+    """What a constant ``rate`` needs by Little's law: arrival rate x service time / target,
+    rounded up, within MIN..MAX."""
+    return min(max(math.ceil(rate * SERVICE / config.target - 1e-9), config.min_replicas),
+               config.max_replicas)  # fmt: skip
+
+
+def _queued_per_replica(rate: float, size: int, queueing: float) -> float:
+    """In flight per replica in ``Replay``'s steady state (served plus its queueing)."""
+    served = rate * SERVICE
+    return (served + queueing * (_in_flight(rate, size) - served)) / size
+
+
+#: Constant-load steps the stable path answers (the small pool queues, short of a panic):
+#: (rate before, the pool it settles on, rate after, queueing factor). Before the fix 13 of
+#: the 15 runs failed: up to what the queueing small pool's in-flight asked (45 -> 67.5
+#: req/s: 2 -> 4 at 6.95 s after the step), then down within a stable window (4 -> 3 at
+#: 9.35 s), or (171 req/s) up to 7 for the 6 it needs and kept.
+QUEUEING_STEPS = [(45.0, 2, 67.5, 1.0), (45.0, 2, 76.5, 0.2), (60.0, 3, 102.0, 0.5),
+                  (120.0, 5, 168.0, 0.5), (120.0, 5, 171.0, 0.2)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("before", "size", "after", "queueing"), QUEUEING_STEPS)
+@pytest.mark.parametrize("start", [0.3, 1.0, 3.0])
+def test_a_step_the_small_pool_queues_for_is_not_overshot(
+    before: float, size: int, after: float, queueing: float, start: float
+) -> None:
+    """A stable-path scale-up went in one change to what the panic window asked, and the
+    panic window, measured on the pool that is too small, counts that pool's queueing:
+    67.5 req/s on 2 replicas of 4 slots is 10.4 in flight (5.2 a replica, short of the
+    panic threshold of 6), which asks for 4; on 3 the same load is 7.2 in flight, within
+    the target. So it went 2 -> 4 and, as soon as the panic window saw the larger pool,
+    4 -> 3, 2.4 s apart under the same constant load: A-5's no-flap check fails on it
+    (two changes less than one stable window apart). Replayed with the autoscaler's
+    cadence, 60 s of the first rate, then the second for 60 s: after the step, no two
+    changes within a stable window, and the pool ends at what Little's law asks,
+    ceil(rate x service time / target)."""
+    config = AutoscaleConfig(enabled=True, min_replicas=1, max_replicas=20, target=3.0)
+    need = _needs(after, config)
+    # The pool carries the load before the step; the load after it needs more than the
+    # pool has and less than a panic; the pool Little's law asks for carries it.
+    assert _queued_per_replica(before, size, queueing) <= config.target * 1.1
+    assert _queued_per_replica(after, size, queueing) > config.target * 1.1
+    assert _queued_per_replica(after, size, queueing) < config.target * config.panic_threshold
+    assert _queued_per_replica(after, need, queueing) <= config.target * 1.1
+    replay = Replay(config, start, queueing, size=size)
+    step = 60.0
+    replay.run(step + 60.0, lambda t: before if t < step else after)
+    assert not [c for c in replay.changes if c[0] < step], replay.changes  # settled before
+    changes = [c for c in replay.changes if c[0] >= step]
+    for a, b in itertools.pairwise(changes):
+        assert b[0] - a[0] >= config.stable_window, changes
+    assert replay.actual == need, changes
