@@ -312,6 +312,12 @@ class Answers:
         self, decider: Decider, now: float, requests: int, rate: float, dt: float, in_flight: float
     ) -> None:
         self.arrived += rate * dt
+        # No more in flight than arrived and not yet answered: the pools below put their
+        # steady-state queue in flight at once when capacity changes (3 replicas joining
+        # 1 at 160 req/s: 57 more in one 50 ms sample, 8 arrivals), and the arrivals read
+        # from it (answered + in flight) jumped with it: a 246 req/s "rate" sized the
+        # panic 4 -> 9 for a load that needs 6.
+        in_flight = min(in_flight, self.arrived - self.answered)
         answered = max(self.answered, math.floor(self.arrived - in_flight))
         self.latency += (answered - self.answered) * in_flight / rate
         self.answered = answered
