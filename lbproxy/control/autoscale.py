@@ -20,9 +20,14 @@ signal without a metrics pipeline. ``Decider`` is the pure core (time is passed 
   constant load near a boundary does not flap.
 - Outside panic, a change also needs the panic window on its side (the stable window lags
   a trend: after a ramp it would shrink a pool the plateau needs), and nothing scales down
-  while the load is rising. A scale-up both windows ask for goes in one change to what the
-  panic window asks (the HPA scales up at once to its current recommendation): capped at
-  the lagging stable window, a pool that trailed a ramp caught up one step at a time.
+  while the load is rising. A scale-up both windows ask for goes in one change (the HPA
+  scales up at once to its current recommendation) to what Little's law asks with the
+  service time of a pool at or under its target, capped at the panic window: the panic
+  window of a pool that is too small counts that pool's queueing, and sizing by it
+  overshot (2 -> 4 -> 3 replicas within 2.4 s under a constant 67.5 req/s that needs 3);
+  capped at the lagging stable window, a pool that trailed a ramp caught up one step at
+  a time. Where Little's law cannot size it, or asks for no more than the pool (the
+  replicas got slower, or queue beyond the target at that size), the panic window.
 - Rate limits: at most ``ceil(max_scale_up_rate * ready)`` and at least
   ``floor(actual / max_scale_down_rate)`` replicas after one decision.
 - With ``min_replicas`` 0, a pool that saw no request at all for the stable window goes
@@ -176,6 +181,10 @@ class Decider:
         self._answered: int | None = None
         self._latency = 0.0
         self._sized_since: float | None = None  # in panic: ready >= the Little's-law size
+        # The stable path's service time: calm samples taken while the pool ran at or under
+        # its target (``_over_target``), for the replicas that served at the last decision.
+        self._ready: int | None = None
+        self._target_service: deque[tuple[float, float]] = deque()
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -221,7 +230,20 @@ class Decider:
             span = self.config.stable_window if calm else self.config.panic_window
             while service[0][0] <= now - span:
                 service.popleft()
+            if calm and not self._over_target(now):
+                at_target = self._target_service
+                at_target.append((now, mean))
+                while at_target[0][0] <= now - self.config.stable_window:
+                    at_target.popleft()
         self._answered, self._latency = answered, latency
+
+    def _over_target(self, now: float) -> bool:
+        """Whether the panic window's in-flight count is over the target (and its tolerance)
+        of the replicas that served at the last decision: a pool that queues."""
+        ready = self._ready
+        if ready is None:
+            return False
+        return self._panic.mean(now) > ready * self.config.target * (1 + TOLERANCE)
 
     def _rates(self, span: float) -> tuple[float, float] | None:
         """(arrivals, answers) per second over the last ``span`` seconds of samples."""
@@ -259,6 +281,22 @@ class Decider:
                 return statistics.median(mean for _, mean in service)
         return None
 
+    def _service_at_target(self) -> float | None:
+        """``service_time`` from the calm samples taken while the pool ran at or under its
+        target only: what a request costs on a pool sized for the target.
+
+        A pool over its target queues (67.5 req/s on 2 replicas of 4 slots: 5.2 in flight a
+        replica, latencies 30% above those of the pool it needs), and 10 s after a step short
+        of a panic its samples were the median: a scale-up sized from them overshot as the
+        in-flight count did (168 req/s on 5 replicas: 126 ms instead of 104, 5 -> 8 -> 7).
+        The panic keeps ``service_time``: there, a trailing pool's queueing sizes A-5's
+        plateau (240 req/s on replicas that queue at their target) to the 10 replicas the
+        in-flight target asks for; without it, to 8 (docs/autoscale.md, "Overshoot")."""
+        service = self._target_service
+        if len(service) < MIN_SERVICE_SAMPLES:
+            return None
+        return statistics.median(mean for _, mean in service)
+
     def _keeping_up(self) -> bool:
         """Whether the pool answered, over the panic window, about as many requests per
         second as arrived (within the tolerance): a backlog that no longer grows."""
@@ -294,7 +332,9 @@ class Decider:
         return want
 
     @staticmethod
-    def _agreed(actual: int, rec: int, stable: float, panic: float, want_panic: int) -> int:
+    def _agreed(
+        actual: int, rec: int, stable: float, panic: float, want_panic: int, up: int
+    ) -> int:
         """``rec`` (from the stable window), moved only as far as the panic window agrees.
 
         The stable window lags a trend by half its span. Right after a ramp up it still
@@ -306,17 +346,19 @@ class Decider:
         is rising (the panic window above the stable one by more than the tolerance).
         Under a constant load the windows agree and this changes nothing.
 
-        A scale-up, once both windows ask for one, goes to what the load now asks (the
-        panic window) in one change, even past the stable window's size: the stable
-        window decides *whether*, the panic window *how far*. Capped at the stable
-        window's size, a pool that trailed a ramp caught up by one replica each time the
-        stable mean crossed a band, under a constant load (ce8332f's A-5: 7 -> 8 at
-        49.7 s, 8 -> 10 at 53.2 s, both under 240 req/s). The HPA scales up the same way
+        A scale-up, once both windows ask for one, goes to ``up``, what the load now asks,
+        in one change, even past the stable window's size: the stable window decides
+        *whether*, ``up`` *how far*. Capped at the stable window's size, a pool that
+        trailed a ramp caught up by one replica each time the stable mean crossed a band,
+        under a constant load (ce8332f's A-5: 7 -> 8 at 49.7 s, 8 -> 10 at 53.2 s, both
+        under 240 req/s). The HPA scales up the same way
         (``behavior.scaleUp.stabilizationWindowSeconds`` 0: at once, to the current
-        recommendation) and keeps its stabilisation window for scale-down.
+        recommendation) and keeps its stabilisation window for scale-down. ``up`` is
+        Little's law's size where it can be measured, never more than the panic window's
+        (``decide``).
         """
         if rec > actual:
-            return max(actual, want_panic)
+            return max(actual, up)
         if rec < actual:
             if panic > stable * (1 + TOLERANCE):
                 return actual
@@ -354,6 +396,7 @@ class Decider:
 
     def decide(self, now: float, actual: int, ready: int) -> Decision:
         c = self.config
+        self._ready = ready
         stable = self._stable.mean(now)
         panic = self._panic.mean(now)
         want_stable = self._banded(stable / c.target, actual)
@@ -413,7 +456,20 @@ class Decider:
             reason = "scale-down delay"
         rec = held
         if not panicking:
-            agreed = self._agreed(actual, rec, stable, panic, want_panic)
+            # How far a scale-up goes: Little's law (the concurrency KPA targets is arrival
+            # rate x service time), with the service time of a pool at its target; not the
+            # panic window alone, which on a pool that is too small counts its queueing:
+            # 67.5 req/s on 2 replicas of 4 slots is 10.4 in flight, which asked for 4
+            # (and 4 -> 3 once they served), where 68 x 0.107 s / 3 asks for 3. The panic
+            # window where Little's law cannot size it, or asks for no more than the pool
+            # (its service time is that of faster replicas, or the replicas queue beyond
+            # the target at that size): the in-flight count sees both.
+            rate, service = self.rate(), self._service_at_target()
+            want_little = 0
+            if rate is not None and service is not None:
+                want_little = self._banded(rate * service / c.target, actual)
+            up = min(want_panic, want_little) if want_little > actual else want_panic
+            agreed = self._agreed(actual, rec, stable, panic, want_panic, up)
             agreed = min(agreed, max(up_limit, actual))
             if agreed < rec or (agreed == actual != rec):
                 reason = "trend"  # held back by the load now
