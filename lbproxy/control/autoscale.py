@@ -286,12 +286,13 @@ class Decider:
         target only: what a request costs on a pool sized for the target.
 
         A pool over its target queues (67.5 req/s on 2 replicas of 4 slots: 5.2 in flight a
-        replica, latencies 30% above those of the pool it needs), and 10 s after a step short
+        replica, latencies 44% above those of the 3 it needs), and 10 s after a step short
         of a panic its samples were the median: a scale-up sized from them overshot as the
         in-flight count did (168 req/s on 5 replicas: 126 ms instead of 104, 5 -> 8 -> 7).
-        The panic keeps ``service_time``: there, a trailing pool's queueing sizes A-5's
-        plateau (240 req/s on replicas that queue at their target) to the 10 replicas the
-        in-flight target asks for; without it, to 8 (docs/autoscale.md, "Overshoot")."""
+        The panic keeps ``service_time``: when it has a trailing pool's samples, their
+        queueing sizes A-5's plateau (240 req/s on replicas that queue at their target) to
+        the 10 replicas the in-flight target asks for; with the light load's service time
+        alone, to 8 (docs/autoscale.md, "Overshoot")."""
         service = self._target_service
         if len(service) < MIN_SERVICE_SAMPLES:
             return None
