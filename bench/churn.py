@@ -249,6 +249,66 @@ def explain(samples: list[Sample], t0: float) -> None:
         )
 
 
+#: The spawn step's launcher: a process of its own that starts and stops the replica when
+#: told on stdin, so the load's process does none of it (a ``Popen`` there, even on a
+#: thread, holds the GIL the load's loop needs for milliseconds and counted the load's own
+#: lost time as the machine's).
+LAUNCHER = r"""
+import os, subprocess, sys
+proc = None
+for line in sys.stdin:
+    cmd, _, rest = line.strip().partition(" ")
+    if cmd == "start":
+        port, argv = rest.split(" ", 1)
+        env = {**os.environ, "PORT": port, "SERVER_ID": "spawn", "HOST": "127.0.0.1"}
+        proc = subprocess.Popen(argv.split("\0"), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    elif cmd == "stop" and proc is not None:
+        proc.terminate()
+        proc.wait()
+        proc = None
+    print("ok", flush=True)
+"""
+
+
+class Launcher:
+    """Drives ``LAUNCHER`` (started before the load, so its own fork costs nothing)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self._proc = proc
+
+    @classmethod
+    async def open(cls) -> Launcher:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            LAUNCHER,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=clean_env(),
+            cwd=str(ROOT),
+        )
+        return cls(proc)
+
+    async def _ask(self, line: str) -> None:
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._proc.stdin.write(line.encode() + b"\n")
+        await self._proc.stdin.drain()
+        if (await self._proc.stdout.readline()).strip() != b"ok":
+            raise RuntimeError("the spawn step's launcher ended")
+
+    async def start(self, argv: list[str], port: int) -> None:
+        await self._ask(f"start {port} " + "\0".join(argv))
+
+    async def stop(self) -> None:
+        await self._ask("stop")
+
+    async def close(self) -> None:
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        await self._proc.wait()
+
+
 async def churn_run(
     url: str, admin_url: str, n: int, args: argparse.Namespace, label: str = "this"
 ) -> list[dict[str, Any]]:
@@ -257,6 +317,7 @@ async def churn_run(
     Admin calls go to the separate admin port: on the public one they would be bound by the
     short read timeout the ejection step needs.
     """
+    launcher = await Launcher.open()
     load = Load(url, args.clients, seed=n, rate=args.rate)
     runner = asyncio.create_task(load.run())
     loop = asyncio.get_running_loop()
@@ -368,22 +429,11 @@ async def churn_run(
             load.ids = []
 
         async def spawn() -> None:
-            """No change at all: boot one more server_app process beside the balancer and
-            wait for its heartbeat, as a replacement or an /add does, then stop it. What
-            this step costs the load is what the machine's CPU costs, not the control plane."""
+            """No change at all: boot one more replica beside the balancer and wait for its
+            heartbeat, as a replacement or an /add does, then stop it. What this step costs
+            the load is what starting a process costs the machine, not the control plane."""
             port = free_port()
-            env = {**clean_env(), "PORT": str(port), "SERVER_ID": "spawn", "HOST": "127.0.0.1"}
-            # Forked on a thread: asyncio's spawn waits for the child's exec on this loop,
-            # the load's own, which held the load's requests (as the balancer's did, before
-            # its spawner thread).
-            proc = await asyncio.to_thread(
-                subprocess.Popen,
-                spawn_argv(args.replica, port, "spawn"),
-                env=env,
-                cwd=str(ROOT),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            await launcher.start(spawn_argv(args.replica, port, "spawn"), port)
             try:
                 deadline = loop.time() + limit
                 while loop.time() < deadline:
@@ -394,8 +444,7 @@ async def churn_run(
                     await asyncio.sleep(0.02)
                 raise RuntimeError("the spawned replica did not answer")
             finally:
-                proc.terminate()
-                await asyncio.to_thread(proc.wait)
+                await launcher.stop()
 
         async def nothing() -> None:
             """No change and no process: a window cut like a change's, read like one. The
@@ -418,6 +467,7 @@ async def churn_run(
         await steady_period()
     load.stop.set()
     await runner
+    await launcher.close()
     if load.rate > 0:
         span = (max(s.start for s in load.samples) - min(s.start for s in load.samples)) or 1.0
         log(
@@ -820,6 +870,8 @@ def main() -> int:
     )
     args = p.parse_args()
     args.changes = set(args.changes.split(","))
+    if args.repeat > 1 and "add" in args.changes and "rm" not in args.changes:
+        p.error("--repeat with add needs rm too (each /add 1 is removed before the next)")
     trees: list[tuple[str, Path]] = []
     if args.baseline:
         trees.append(("before", args.baseline.resolve()))
