@@ -1,10 +1,14 @@
 """The Docker backend outside Compose leaves the engine's networks as it found them.
 
 `lbproxy serve --backend docker` creates its replicas' network (``--docker-network``) when
-the engine has none of that name, and removes it again when it stops; a network it found
-(Compose's, or anyone's) is left alone. Compose removes its own networks on ``down``; a
-balancer run by hand used to leave its network behind on every run. Each run here uses a
-network name of its own and compares ``docker network ls`` before and after.
+the engine has none of that name, labelled as the pool's (``lbproxy.control.pool`` and
+``lbproxy.role=network``), and removes it when it stops if it carries those labels: made
+by this run, or by an earlier balancer of the pool that died without removing it. A
+network without them (Compose's, or anyone's) is left alone. Compose removes its own
+networks on ``down``; a balancer run by hand used to leave its network behind on every
+run, and one killed (-9) left it for good (the next balancer found it, so never removed
+it). Each run here uses a network name of its own and compares ``docker network ls``
+before and after.
 
 Runs whenever `docker info` answers (fails, never skips, when the images cannot be built).
 """
@@ -75,9 +79,46 @@ def test_a_network_the_balancer_created_is_removed_when_it_stops(
     assert _networks() == before
 
 
-def test_a_network_the_balancer_found_is_left_when_it_stops(run_names: tuple[str, str]) -> None:
+def _pool_containers(pool: str) -> list[str]:
+    return _docker("ps", "-aq", "--filter", f"label=lbproxy.control.pool={pool}").split()
+
+
+def test_a_network_left_by_a_killed_balancer_is_removed_by_the_next_one(
+    run_names: tuple[str, str],
+) -> None:
+    """A balancer killed (-9) leaves its replicas and its network; the next balancer of the
+    pool adopts both, and its clean stop removes them: the network carries the pool's
+    labels, so it is the pool's even though that run did not make it."""
     pool, network = run_names
-    _docker("network", "create", network)  # as Compose (or anyone) would have made it
+    before = _networks()
+    assert network not in before
+    with run_balancer(*_serve(pool, network), replicas=1, up_timeout=60) as first:
+        first.proc.kill()
+        first.proc.wait()
+    assert network in _networks() and _pool_containers(pool)  # both left by the crash
+    with run_balancer(*_serve(pool, network), replicas=1, up_timeout=60):
+        pass
+    assert not _pool_containers(pool)
+    assert _networks() == before
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        (),
+        # as Compose labels the networks it makes (compose.yaml's lbproxy-net)
+        ("com.docker.compose.network=lbproxy-net", "com.docker.compose.project=lbproxy"),
+        # another pool's, under this pool's network name
+        ("lbproxy.control.pool=someone-elses-pool", "lbproxy.role=network"),
+    ],
+    ids=["unlabelled", "compose", "another-pool"],
+)
+def test_a_network_the_balancer_found_is_left_when_it_stops(
+    run_names: tuple[str, str], labels: tuple[str, ...]
+) -> None:
+    pool, network = run_names
+    flags = [arg for label in labels for arg in ("--label", label)]
+    _docker("network", "create", *flags, network)  # not this pool's: Compose's, anyone's
     before = _networks()
     with run_balancer(*_serve(pool, network), replicas=1, up_timeout=60):
         pass
