@@ -50,6 +50,8 @@ LABEL_RING_ID = "lbproxy.ring-id"
 #: (and remove) exactly the container it made, and nothing else.
 LABEL_LAUNCH = "lbproxy.launch"
 ROLE_REPLICA = "replica"
+#: The replicas' network, when a balancer of the pool created it.
+ROLE_NETWORK = "network"
 
 T = TypeVar("T")
 
@@ -65,10 +67,11 @@ class DockerBackend(EngineBackend):
         # Generated hostnames carry the pool too (container names carry it anyway).
         self.default_prefix = f"{config.docker.pool}-"
         self._undoing: set[asyncio.Task[None]] = set()
-        #: The ID of the replicas' network when this run created it (it found none of that
-        #: name): ``close`` removes it again. One it found (Compose's, an operator's) is
-        #: never removed.
-        self._made_network: str | None = None
+        #: The ID of the replicas' network when it is the pool's: this run created it (it
+        #: found none of that name), or found it carrying the pool's network labels (an
+        #: earlier balancer of the pool made it and died without removing it). ``close``
+        #: removes it. One without those labels (Compose's, an operator's) is never removed.
+        self._pool_network: str | None = None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class DockerBackend(EngineBackend):
             await self._ensure_network()
             await self._ensure_image()
         except BaseException:
-            await self.close()  # and the network, if it was made just now
+            await self.close()  # and the network, if it is the pool's
             raise
         self.follow_events(
             {"type": ["container"], "event": ["die"], "label": self._pool_filter()},
@@ -155,17 +158,19 @@ class DockerBackend(EngineBackend):
         await super().close()
 
     async def _remove_network(self) -> None:
-        """Remove the network this run created, once its replicas are gone (the shutdown
-        removed them before closing the backend). Compose removes the networks it made on
-        ``down``; a balancer run by hand left one behind per run. One the engine still has
-        endpoints on (a replica left running) stays, and the log says why."""
-        if self._made_network is None:
+        """Remove the pool's network (made by this run or an earlier balancer of the pool),
+        once its replicas are gone (the shutdown removed them before closing the backend).
+        Compose removes the networks it made on ``down``; a balancer run by hand left one
+        behind per run, and for good when it was killed (the next one found it). One the
+        engine still has endpoints on (a replica left running) stays, and the log says why."""
+        if self._pool_network is None:
             return
         name = self._docker_config.network
         try:
             # By name, as the socket proxy allows (it lets the pool's network alone be
-            # removed, and nothing by ID), once the name is seen to be still this run's.
-            if (await self.docker.networks.get(name)).id != self._made_network:
+            # removed, and nothing by ID), once the name is seen to be still the network
+            # found or made at the start (labels cannot change: still the pool's).
+            if (await self.docker.networks.get(name)).id != self._pool_network:
                 log.warning("left network %r: the name is another network's now", name)
                 return
             network = aiodocker.networks.DockerNetwork(self.docker, name)  # type: ignore[no-untyped-call]
@@ -182,34 +187,50 @@ class DockerBackend(EngineBackend):
         except _ENGINE_ERRORS as exc:
             log.warning("left network %r behind: %s", name, exc)
             return
-        self._made_network = None
+        self._pool_network = None
         log.info("removed network %r", name)
+
+    def _is_pools_network(self, info: Mapping[str, Any]) -> bool:
+        """Whether a network carries the labels a balancer of this pool creates it with."""
+        labels = info.get("Labels") or {}
+        return (
+            labels.get(LABEL_POOL) == self._docker_config.pool
+            and labels.get(LABEL_ROLE) == ROLE_NETWORK
+        )
 
     async def _ensure_network(self) -> None:
         name = self._docker_config.network
         try:
-            await self.docker.networks.get(name)
-            return
+            info = await (await self.docker.networks.get(name)).show()
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise _engine_error(f"looking up network {name!r}", exc) from exc
+            info = None
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"looking up network {name!r}", exc) from exc
+        if info is not None:
+            if self._is_pools_network(info):
+                # An earlier balancer of the pool made it (and was killed before removing
+                # it): the pool's, so this run removes it when it stops.
+                self._pool_network = info["Id"]
+                log.info("found network %r, the pool's: removed when this balancer stops", name)
+            return
         try:
             network = await self.docker.networks.create(self.network_body())
-            self._made_network = network.id
+            self._pool_network = network.id
             log.info("created network %r", name)
         except _ENGINE_ERRORS as exc:
             raise _engine_error(f"creating network {name!r}", exc) from exc
 
     def network_body(self) -> dict[str, Any]:
         """The replicas' network's creation body, exactly as the socket proxy allows it
-        (socket-proxy/haproxy.cfg: this name, a bridge, no driver options)."""
+        (socket-proxy/haproxy.cfg: this name, a bridge, no driver options). Its labels
+        make it the pool's: any balancer of the pool removes it when it stops."""
         return {
             "Name": self._docker_config.network,
             "Driver": "bridge",
             "CheckDuplicate": True,
-            "Labels": {LABEL_POOL: self._docker_config.pool},
+            "Labels": {LABEL_POOL: self._docker_config.pool, LABEL_ROLE: ROLE_NETWORK},
         }
 
     async def _ensure_image(self) -> None:
