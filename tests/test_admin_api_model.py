@@ -15,7 +15,7 @@ from aiohttp import web
 
 from lbproxy.control.admin import OPERATIONS, AdminRoutes, answer_wrong_methods
 from lbproxy.control.api import AddRequest, ChangeRequest, WeightRequest, parse, schema
-from lbproxy.errors import BadRequest
+from lbproxy.errors import RETRY_AFTER, BadRequest
 from lbproxy.views import openapi
 from tests.conftest import BalancerUnderTest
 
@@ -93,6 +93,18 @@ def test_document_has_the_generated_request_schemas_and_the_weight_operation() -
         "$ref": "#/components/schemas/WeightRequest"
     }
     assert set(put["responses"]) == {"200", "400", "401", "404", "413"}
+
+
+@pytest.mark.parametrize(("path", "method"), [("/add", "post"), ("/rm", "delete")])
+def test_the_admin_503s_document_their_retry_after(path: str, method: str) -> None:
+    """The header the admin API's 503 answers (RFC 9110 10.2.3), with its one value, and
+    not required: a balancer that is shutting down sends none."""
+    refused = openapi.OPENAPI["paths"][path][method]["responses"]["503"]
+    header = refused["headers"]["Retry-After"]
+    assert header["schema"] == {"type": "string", "enum": [str(RETRY_AFTER)]}
+    assert not header.get("required", False)
+    assert "shutting down" in refused["description"]
+    assert "Retry-After" in refused["description"]
 
 
 def _served(app: web.Application) -> dict[str, set[str]]:

@@ -8,7 +8,10 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from lbproxy.backends.base import ReplicaHandle
+from lbproxy.backends.engine import engine_error
 from lbproxy.config import ProxyConfig
+from lbproxy.errors import RETRY_AFTER
 from lbproxy.server import BalancerServer
 from lbproxy_tools.launcher import free_loopback_port
 from tests.conftest import BalancerUnderTest, InProcessBackend, fast_config, wait_for
@@ -59,6 +62,35 @@ async def test_admin_token_guards_mutations(lb: BalancerUnderTest) -> None:
     async with lb.client.post(lb.url + "/add", json=body, headers=ok) as r:
         assert r.status == 200
         assert (await r.json())["message"]["N"] == 4
+
+
+async def test_admin_503_says_when_to_retry(
+    lb: BalancerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backend unreachable (the Docker engine refusing connections, engine.py's error):
+    a 503 with ``Retry-After`` (RFC 9110 15.6.4, 10.2.3) in whole seconds; nothing changed."""
+
+    async def unreachable(name: str, ring_id: int) -> ReplicaHandle:
+        raise engine_error("starting replica", ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(lb.backend, "launch", unreachable)
+    async with lb.client.post(lb.url + "/add", json={"n": 1}) as r:
+        assert r.status == 503
+        assert r.headers["Retry-After"] == str(RETRY_AFTER) == "1"
+        err = await r.json()
+    assert err["status"] == "failure" and "unreachable" in err["message"]
+    assert len(lb.balancer.pool) == 3
+
+
+async def test_admin_503_while_shutting_down_has_no_retry_after(lb: BalancerUnderTest) -> None:
+    """A balancer that is shutting down does not come back: ``Retry-After`` would promise
+    that this address serves the change later (RFC 9110 10.2.3), which nothing here knows."""
+    lb.balancer.reconciler.begin_shutdown()
+    async with lb.client.post(lb.url + "/add", json={"n": 1}) as r:
+        assert r.status == 503
+        assert "Retry-After" not in r.headers
+        err = await r.json()
+    assert err == {"message": "<Error> the balancer is shutting down", "status": "failure"}
 
 
 async def test_separate_admin_port_unshadows_every_path() -> None:

@@ -7,11 +7,18 @@ import json
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
-from lbproxy.config import ProxyConfig
+from lbproxy.config import HealthConfig, ProxyConfig
 from lbproxy.control.pool import ReplicaState
-from tests.conftest import BalancerUnderTest, wait_for
+from tests.conftest import (
+    BalancerUnderTest,
+    InProcessBackend,
+    fast_config,
+    start_balancer,
+    wait_for,
+)
 
 pytestmark = pytest.mark.inprocess
 
@@ -202,3 +209,59 @@ async def test_unknown_balancer_endpoint_is_a_json_404(lb: BalancerUnderTest) ->
         "message": "<Error> '/lbproxy/nope' is not an endpoint of the balancer",
         "status": "failure",
     }
+
+
+def delay_seconds(value: str) -> int:
+    """RFC 9110 10.2.3: ``Retry-After`` as delay-seconds (1*DIGIT), here at least 1."""
+    assert value.isascii() and value.isdigit(), value
+    assert int(value) >= 1, value
+    return int(value)
+
+
+@pytest.mark.parametrize(
+    ("interval", "rise", "expected"),
+    [(0.05, 1, 1), (2.5, 1, 3), (0.6, 3, 2)],
+    ids=["under-a-second", "rounded-up", "rise-heartbeats"],
+)
+async def test_no_replica_on_the_ring_is_a_503_with_retry_after_of_the_heartbeats(
+    interval: float, rise: int, expected: int
+) -> None:
+    """RFC 9110 15.6.4: a 503 may say when to come back (10.2.3). With nobody on the ring
+    the soonest a replica can be up is ``--rise`` passed heartbeats, ``--heartbeat-interval``
+    apart: that rounded up to whole seconds, at least 1 (GET and HEAD alike)."""
+    health = HealthConfig(interval=interval, timeout=0.2, fall=2, rise=rise)
+    backend = InProcessBackend()
+    server = await start_balancer(fast_config(replicas=0, health=health), backend)
+    try:
+        async with aiohttp.ClientSession() as client:
+            for method in ("GET", "HEAD"):
+                async with client.request(method, server.url + "/home") as r:
+                    assert r.status == 503
+                    assert delay_seconds(r.headers["Retry-After"]) == expected
+                    if method == "GET":
+                        assert await r.json() == {
+                            "message": "<Error> no replica is available",
+                            "status": "failure",
+                        }
+    finally:
+        await server.stop()
+
+
+async def test_every_replica_down_is_a_503_with_retry_after(
+    lb: BalancerUnderTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ring still names replicas but none of them is up (the ring in use lags the
+    pool): the same 503 and the same Retry-After as an empty ring."""
+    monkeypatch.setattr(lb.balancer.pool, "pick", lambda key: iter(()))
+    async with lb.client.get(lb.url + "/home") as r:
+        assert r.status == 503
+        assert delay_seconds(r.headers["Retry-After"]) == 1  # 50 ms heartbeats, rise 1
+        body = await r.json()
+    assert body == {"message": "<Error> no replica could take the request", "status": "failure"}
+
+
+async def test_answers_that_are_not_503_carry_no_retry_after(lb: BalancerUnderTest) -> None:
+    """Only the 503s say when to come back: a 404 of the balancer's own does not."""
+    async with lb.client.get(lb.url + "/lbproxy/nope") as r:
+        assert r.status == 404
+        assert "Retry-After" not in r.headers

@@ -285,11 +285,14 @@ async def test_requests_over_the_cap_wait_in_fifo_order_on_one_connection() -> N
 
 
 async def test_queue_timeout_is_a_503_in_the_failure_shape() -> None:
+    """With ``Retry-After: 1`` (RFC 9110 15.6.4, 10.2.3): the replica is up but busy, and a
+    slot is likely free again within a second; the client need not wait out the queue."""
     async with gated_rig(max_conns_per_replica=1, queue_timeout=0.1) as rig:
         hold = rig.spawn("/hold")
         await rig.gated.held.wait()
         async with rig.get("/home") as r:
             assert r.status == 503
+            assert r.headers["Retry-After"] == "1"
             body = await r.json()
         assert body["status"] == "failure"
         assert "connection limit" in body["message"] and rig.name in body["message"]
