@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Seconds a 503 of the admin API asks the client to wait before it tries again, sent as
+#: ``Retry-After`` (RFC 9110 15.6.4; delay-seconds, 10.2.3). The backend's state is checked
+#: again by each call and nothing here knows when an engine comes back: the shortest wait.
+RETRY_AFTER = 1
+
 
 class LbproxyError(Exception):
     """Base of every error the balancer reports to a client."""
 
     status: int = 500
+    #: ``Retry-After`` of the answer when it is a 503; None sends none (``ShuttingDown``).
+    retry_after: int | None = RETRY_AFTER
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -59,6 +66,18 @@ class BackendError(LbproxyError):
     """The replica backend (process spawner, Docker engine) failed to do what was asked."""
 
     status = 502
+
+
+class ShuttingDown(BackendError):
+    """The balancer is shutting down and changes its pool no more.
+
+    A 503 without ``Retry-After``: that header says the service is expected back at this
+    address after the delay (RFC 9110 10.2.3), and a balancer on its way out promises
+    nothing of the kind (whether anything replaces it is its supervisor's business).
+    """
+
+    status = 503
+    retry_after = None
 
 
 class NoReplicaAvailable(LbproxyError):

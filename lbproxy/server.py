@@ -116,7 +116,14 @@ class BalancerServer:
                 await admin.start()
                 control_key = None
                 log.info("admin endpoints on %s", admin.name)
-            self.frontend = Frontend(balancer.pool, self.config.proxy, control_key, balancer.stats)
+            health = self.config.health
+            self.frontend = Frontend(
+                balancer.pool,
+                self.config.proxy,
+                control_key,
+                balancer.stats,
+                up_within=health.rise * health.interval,
+            )
             if balancer.autoscaler is not None and balancer.autoscaler.hold is not None:
                 self.frontend.on_empty = balancer.autoscaler.hold.offer  # scale from zero
             balancer.reconciler.on_retired = self.frontend.upstreams.forget_key

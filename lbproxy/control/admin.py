@@ -16,7 +16,7 @@ from aiohttp import web
 from lbproxy.control.api import AddRequest, ChangeRequest, Operation, WeightRequest, parse
 from lbproxy.control.pool import Pool
 from lbproxy.control.reconcile import Reconciler
-from lbproxy.errors import BadRequest, LbproxyError, Unauthorized, failure_body
+from lbproxy.errors import RETRY_AFTER, BadRequest, LbproxyError, Unauthorized, failure_body
 
 #: Bodies of admin calls are tiny; anything bigger is a mistake or an attack.
 MAX_ADMIN_BODY = 64 * 1024
@@ -54,6 +54,8 @@ def _guard(handler: Handler, token: str | None = None) -> Handler:
             response = web.json_response(failure_body(exc.message), status=exc.status)
             if exc.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="lbproxy"'
+            elif exc.status == 503 and exc.retry_after is not None:
+                response.headers["Retry-After"] = str(exc.retry_after)  # RFC 9110 15.6.4
             return response
 
     return wrapped
@@ -195,8 +197,14 @@ _CHANGE_ERRORS = (
         "already runs something under that name (/add).",
     ),
     (502, "The replica backend (process spawner, Docker engine) failed."),
-    (503, "The backend is unreachable, or the balancer is shutting down."),
+    (
+        503,
+        "The backend is unreachable (retry after `Retry-After` seconds), or the balancer "
+        "is shutting down (no `Retry-After`: it does not come back).",
+    ),
 )
+#: The 503's header (RFC 9110 10.2.3); absent while the balancer shuts down.
+_CHANGE_HEADERS = ((503, "Retry-After", str(RETRY_AFTER)),)
 
 _BAD_CHANGE = (
     "Malformed or out-of-range input: not a JSON object, unknown field, `n` not an integer "
@@ -239,6 +247,7 @@ OPERATIONS: tuple[Operation, ...] = (
             ),
             *_CHANGE_ERRORS,
         ),
+        error_headers=_CHANGE_HEADERS,
         token=True,
     ),
     Operation(
@@ -257,6 +266,7 @@ OPERATIONS: tuple[Operation, ...] = (
             (400, _BAD_CHANGE.format(verb="removable", tail=", or `n` larger than the pool.")),
             *_CHANGE_ERRORS,
         ),
+        error_headers=_CHANGE_HEADERS,
         token=True,
     ),
     Operation(

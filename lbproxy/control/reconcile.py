@@ -27,7 +27,7 @@ from lbproxy.backends.base import RESYNC, BackendEvent, ReplicaBackend, ReplicaH
 from lbproxy.config import MAX_POOL_SIZE, Config
 from lbproxy.control.health import wait_ready
 from lbproxy.control.pool import Pool, Replica, ReplicaState
-from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
+from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ class Reconciler:
         """
         async with self._lock:
             if self._closing:
-                raise BackendError("the balancer is shutting down", status=503)
+                raise ShuttingDown("the balancer is shutting down")
             self._admin_task = asyncio.current_task()
             try:
                 await self._add_locked(count, hostnames, weight)

@@ -40,7 +40,7 @@ from lbproxy.config import MAX_POOL_SIZE, Config
 from lbproxy.control.health import wait_ready
 from lbproxy.control.pool import Pool, Replica, ReplicaState
 from lbproxy.control.reconcile import Reconciler
-from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound
+from lbproxy.errors import BackendError, BadRequest, Conflict, LbproxyError, NotFound, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class SwarmReconciler(Reconciler):
         """
         async with self._admin_lock:
             if self._stopping:
-                raise BackendError("the balancer is shutting down", status=503)
+                raise ShuttingDown("the balancer is shutting down")
             names = [self._backend.validate_name(h) for h in hostnames]
             if len(set(names)) != len(names):
                 raise BadRequest("hostnames must be distinct")

@@ -20,6 +20,7 @@ import bisect
 import contextlib
 import json
 import logging
+import math
 import random
 import re
 from collections import deque
@@ -114,20 +115,36 @@ _random = random.random
 _bisect_left = bisect.bisect_left
 
 
+def retry_after_field(seconds: float) -> bytes:
+    """A ``Retry-After`` field line: ``seconds`` rounded up to whole delay-seconds, at
+    least 1 (RFC 9110 10.2.3), built once and sent with a 503 (15.6.4)."""
+    return b"Retry-After: %d\r\n" % max(1, math.ceil(seconds))
+
+
+#: A queue timeout's 503: the replica is up but at its connection limit, and one of its
+#: connections is likely free again within a second (the queue itself is not waited out).
+_RETRY_BUSY = retry_after_field(1)
+
+
 def json_response(
     status: int,
     body: dict[str, object],
     request_id: bytes,
     keep_alive: bool,
     head_only: bool = False,
+    fields: bytes = b"",
 ) -> bytes:
-    """The balancer's own answer (SPEC's JSON shape); no body for a HEAD request."""
+    """The balancer's own answer (SPEC's JSON shape); no body for a HEAD request.
+
+    ``fields``: preformatted header lines (each ending in CRLF) to add, a 503's Retry-After.
+    """
     payload = json.dumps(body).encode()
     return b"".join(
         (
             framing.status_line(status),
             b"Content-Type: application/json; charset=utf-8\r\n",
             b"Content-Length: %d\r\n" % len(payload),
+            fields,
             b"X-Request-ID: " + request_id + b"\r\n" if request_id else b"",
             b"" if keep_alive else b"Connection: close\r\n",
             b"\r\n",
@@ -169,8 +186,15 @@ class Frontend:
     """Shared state of the listener: pool, upstream connections, settings, live clients."""
 
     def __init__(
-        self, pool: Pool, config: ProxyConfig, control_key: str | None, stats: ProxyStats
+        self,
+        pool: Pool,
+        config: ProxyConfig,
+        control_key: str | None,
+        stats: ProxyStats,
+        up_within: float = 1.0,
     ) -> None:
+        """``up_within``: seconds before a replica could be up when none is (the health
+        checks' ``rise`` x ``interval``), the 503's ``Retry-After`` then."""
         self.pool = pool
         self.config = config
         self.control_key = control_key
@@ -188,6 +212,8 @@ class Frontend:
         #: Called when the ring is empty: True if it took the exchange (the autoscaler's
         #: scale-from-zero hold, control/autoscale.py); the request fails with 503 otherwise.
         self.on_empty: Callable[[Exchange], bool] | None = None
+        #: The ``Retry-After`` field of the 503 for "no replica up" (RFC 9110 10.2.3).
+        self.retry_empty = retry_after_field(up_within)
         self._sweeper: asyncio.Task[None] | None = None
         self._redispatch_due = False
         if config.phase_timings and stats.phases is None:
@@ -543,7 +569,7 @@ class Exchange:
             else:
                 self.candidates = front.pool.pick(key)
         except EmptyRingError:
-            self.fail(503, "no replica is available")
+            self.fail(503, "no replica is available", front.retry_empty)
             return
         self.try_next()
 
@@ -568,13 +594,16 @@ class Exchange:
             # Nobody up at all (a ring that still names removed replicas counts as empty).
             if not self.attempts and front.on_empty is not None and front.on_empty(self):
                 return  # held until a replica is up (scale from zero); then reroute()
-            self.fail(502 if self.attempts else 503, "no replica could take the request")
+            if self.attempts:
+                self.fail(502, "no replica could take the request")
+            else:
+                self.fail(503, "no replica could take the request", front.retry_empty)
             return
         except EmptyRingError:
             hold = front.on_empty
             if hold is not None and self.attempts == 0 and hold(self):
                 return  # held until a replica is up (scale from zero); then reroute()
-            self.fail(503, "no replica is available")
+            self.fail(503, "no replica is available", front.retry_empty)
             return
         self.attempts += 1
         if self.attempts > 1:
@@ -619,6 +648,7 @@ class Exchange:
             503,
             f"replica {name!r} is at its connection limit and the request waited "
             f"{self.front.config.queue_timeout:g} s in its queue",
+            _RETRY_BUSY,
         )
 
     def redispatch(self) -> None:
@@ -1034,8 +1064,11 @@ class Exchange:
         else:
             self.fail(504, "the replica did not answer in time")
 
-    def fail(self, status: int, message: str) -> None:
-        """Answer the client ourselves (SPEC's failure body) and end the exchange."""
+    def fail(self, status: int, message: str, fields: bytes = b"") -> None:
+        """Answer the client ourselves (SPEC's failure body) and end the exchange.
+
+        ``fields``: preformatted header lines for the answer (a 503's ``Retry-After``).
+        """
         conn = self.conn
         if conn is not None:
             conn.abort()
@@ -1053,6 +1086,7 @@ class Exchange:
                 self.request_id,
                 self.keep_alive,
                 self.method == b"HEAD",
+                fields,
             )
         ]
         self.resp_started = True
