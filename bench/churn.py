@@ -165,6 +165,10 @@ class Load:
                 await asyncio.sleep(due - now)
             elif now - due > interval:
                 self.late += 1
+            # In flight from now, not from the task's first step: the ejection's
+            # ``settled_since`` must see a request whose key was drawn before its switch
+            # (two of them once went to the stopped victim and waited out the timeout).
+            self.started[index] = due
             task = asyncio.create_task(self._one(session, index, self._key(rng), due))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
