@@ -14,6 +14,15 @@ eject it, then it is SIGCONTed and readmitted by its heartbeat). For each change
 request and the p99 while it happens (from the call until it completed, plus ``--tail``
 seconds) against the same figures over the steady periods before each change. During the
 ejection the load avoids the victim's own keys, which wait out the read timeout by design.
+``nothing`` is the method's A/A control (a window cut and read like a change's, with no
+change); ``spawn`` starts a replica beside the balancer (no change: the machine's share).
+
+``--rate R`` makes the load an open loop (wrk2's constant throughput, each request timed
+from when it was due) that can leave the machine headroom; ``--repeat K`` runs every change
+K times between steady periods and reads the median window (one window is noise here)::
+
+    flock /tmp/lbproxy-heavy.lock .venv/bin/python bench/churn.py --replicas 3 \
+        --replica nginx --steady 1.5 --repeat 15 --rate 1500 --clients 32
 
 **Ring level** (``--ring 3,100,1000``): the pool in this process, no HTTP. For each change
 (add, remove, death, ejection, readmission) the longest event-loop stall while it is applied
@@ -366,11 +375,19 @@ async def churn_run(
                     raise RuntimeError(f"/rm answered {r.status}: {await r.text()}")
             added.clear()
 
+        #: What a step's preparation chose, outside the step's window.
+        chosen: dict[str, Any] = {}
+
         def up_pids(status: dict[str, Any]) -> dict[str, str]:
             return {r["name"]: r["backend_id"] for r in status["replicas"] if r["state"] == "up"}
 
+        async def kill_prepare() -> None:
+            # Before the window: at N = 100 the status lists 100 replicas, and asking for it
+            # at the kill put the balancer's answer to the bench inside the kill's window.
+            chosen["before"] = up_pids(await _status(admin, admin_url))
+
         async def kill() -> None:
-            before = up_pids(await _status(admin, admin_url))
+            before = chosen["before"]
             victim = sorted(before)[-1]
             # the replica's whole process group: its pid leads it (server_app itself, or
             # the wrapper shell of a --replica-cmd, which alone would leave nginx running)
@@ -384,8 +401,6 @@ async def churn_run(
                 ),
                 limit,
             )
-
-        chosen: dict[str, Any] = {}
 
         async def eject_prepare() -> None:
             pids = up_pids(await _status(admin, admin_url))
@@ -454,7 +469,7 @@ async def churn_run(
             """No change and no process: a window cut like a change's, read like one. The
             A/A control of the method: its p99 over steady must come out near 1.0."""
 
-        preparations = {"eject": eject_prepare}
+        preparations = {"eject": eject_prepare, "kill -9": kill_prepare}
         await asyncio.sleep(1.0)  # warm-up: connections, caches
         steps = (
             ("nothing", nothing),
