@@ -277,8 +277,9 @@ class Decider:
         its queueing, as the in-flight count would.
         """
         for service in (self._service, self._panic_service):
-            if len(service) >= MIN_SERVICE_SAMPLES:
-                return statistics.median(mean for _, mean in service)
+            median = _median_latency(service)
+            if median is not None:
+                return median
         return None
 
     def _service_at_target(self) -> float | None:
@@ -293,10 +294,7 @@ class Decider:
         queueing sizes A-5's plateau (240 req/s on replicas that queue at their target) to
         the 10 replicas the in-flight target asks for; with the light load's service time
         alone, to 8 (docs/autoscale.md, "Overshoot")."""
-        service = self._target_service
-        if len(service) < MIN_SERVICE_SAMPLES:
-            return None
-        return statistics.median(mean for _, mean in service)
+        return _median_latency(self._target_service)
 
     def _keeping_up(self) -> bool:
         """Whether the pool answered, over the panic window, about as many requests per
@@ -511,6 +509,13 @@ class Decider:
             self.rate(),
             self.service_time(),
         )
+
+
+def _median_latency(samples: deque[tuple[float, float]]) -> float | None:
+    """The median of (time, mean latency) samples, or None below ``MIN_SERVICE_SAMPLES``."""
+    if len(samples) < MIN_SERVICE_SAMPLES:
+        return None
+    return statistics.median(mean for _, mean in samples)
 
 
 class Cadence:
